@@ -1,0 +1,42 @@
+"""Logging with one format, and progress bars that stay readable in Snakemake log files."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+from tqdm import tqdm
+
+T = TypeVar("T")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(log_file: str | Path | None = None, debug: bool = False) -> None:
+    """Log to stderr, or to `log_file` (appending) when a workflow rule gives one."""
+    handlers: list[logging.Handler] = []
+    if log_file is not None:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    else:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO, format=LOG_FORMAT, handlers=handlers, force=True
+    )
+
+
+def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
+    """A tqdm bar on a terminal; on a file or pipe, a plain line every ~10 s instead of \\r spam."""
+    interactive = sys.stderr.isatty()
+    yield from tqdm(
+        items,
+        desc=desc,
+        total=total,
+        unit=unit,
+        file=sys.stderr,
+        dynamic_ncols=interactive,
+        mininterval=0.1 if interactive else 10.0,
+        ascii=not interactive,
+    )
