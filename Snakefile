@@ -1,0 +1,26 @@
+# depthcontrast-pipeline: raw scans -> HDF5 shards -> pretraining -> export -> evaluation.
+# This file is a table of contents; the rules are in rules/, the logic in the depthcontrast package.
+import sys
+
+from depthcontrast.config import validate_config
+from depthcontrast.errors import ConfigError
+
+
+configfile: "config.yaml"
+
+
+try:
+    config.update(validate_config(config, source="config (config.yaml + --config overrides)"))
+except ConfigError as error:
+    sys.exit(f"depthcontrast: error: {error}")
+
+
+include: "rules/common.smk"
+include: "rules/download.smk"
+include: "rules/preprocess.smk"
+
+
+rule all:
+    input:
+        shard_indexes(),
+    default_target: True

@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Set everything up on a fresh machine with only Python, then run the demo workflow or the tests.
+
+    python3 bootstrap.py demo [snakemake args...]   # venv + deps, then the DAG on the built-in data
+    python3 bootstrap.py test [pytest args...]      # venv + deps, then the test suite
+    python3 bootstrap.py setup                      # venv + deps only
+
+The virtual environment lives in .venv/ and is rebuilt when pyproject.toml or the lock file change.
+Environment: DEPTHCONTRAST_TORCH overrides the torch requirement (default: the CPU build torch==2.13.0).
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+STAMP = VENV / ".depthcontrast-stamp"
+CONSTRAINTS = ROOT / "envs" / "constraints.txt"
+DEFAULT_TORCH = "torch==2.13.0"
+# shared libraries that wheels need but do not bundle: (library name, Debian package)
+SYSTEM_LIBRARIES = [("usb-1.0", "libusb-1.0-0")]  # open3d
+
+
+def say(message: str) -> None:
+    print(f"[bootstrap] {message}", flush=True)
+
+
+def run(command: list[str], **kwargs) -> None:
+    say(" ".join(command))
+    subprocess.run(command, check=True, cwd=ROOT, **kwargs)
+
+
+def venv_python() -> Path:
+    return VENV / "bin" / "python"
+
+
+def install_stamp() -> str:
+    digest = hashlib.sha256()
+    for path in (ROOT / "pyproject.toml", CONSTRAINTS):
+        digest.update(path.read_bytes())
+    digest.update(os.environ.get("DEPTHCONTRAST_TORCH", DEFAULT_TORCH).encode())
+    return digest.hexdigest()
+
+
+def ensure_system_libraries() -> None:
+    missing = [pkg for lib, pkg in SYSTEM_LIBRARIES if ctypes.util.find_library(lib) is None]
+    if not missing:
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        sys.exit(f"[bootstrap] missing system libraries: install the packages {' '.join(missing)} "
+                 "(Debian/Ubuntu names) and run again")
+    apt = ["apt-get", "-o", "DPkg::Lock::Timeout=300"]
+    run([*apt, "update", "-qq"])
+    run([*apt, "install", "-y", "-qq", *missing], env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
+def ensure_venv() -> None:
+    stamp = install_stamp()
+    if venv_python().exists() and STAMP.exists() and STAMP.read_text() == stamp:
+        return
+    if not venv_python().exists():
+        say(f"creating {VENV}")
+        venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
+    pip = [str(venv_python()), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    run([*pip, os.environ.get("DEPTHCONTRAST_TORCH", DEFAULT_TORCH)])
+    run([*pip, "-c", str(CONSTRAINTS), "-e", ".[dev]"])
+    STAMP.write_text(stamp)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("demo", "test", "setup"):
+        print(__doc__)
+        return 2
+    ensure_system_libraries()
+    ensure_venv()
+    env = {**os.environ, "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
+    command, extra = argv[0], argv[1:]
+    if command == "demo":
+        cores = str(os.cpu_count() or 1)
+        return subprocess.run([str(VENV / "bin" / "snakemake"), "--cores", cores, *extra], cwd=ROOT,
+                              env=env).returncode
+    if command == "test":
+        return subprocess.run([str(venv_python()), "-m", "pytest", *extra], cwd=ROOT, env=env).returncode
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,119 @@
+"""`depthcontrast` command line: one subcommand per stage, one-line errors for user mistakes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from depthcontrast import __version__
+from depthcontrast.errors import ConfigError, DepthContrastError
+from depthcontrast.log import setup_logging
+
+log = logging.getLogger("depthcontrast")
+EXIT_USER_ERROR = 2
+
+
+def _dataset_settings(config_path: str, dataset: str) -> dict:
+    from depthcontrast.config import load_config
+
+    config = load_config(config_path)
+    if dataset not in config["datasets"]:
+        known = ", ".join(sorted(config["datasets"]))
+        raise ConfigError(f"{config_path}: no dataset {dataset!r} (configured: {known})")
+    return config["datasets"][dataset]
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    from depthcontrast.config import load_config
+
+    config = load_config(args.config)
+    if args.print:
+        json.dump(config, sys.stdout, indent=2, sort_keys=True)
+        print()
+    else:
+        print(f"{args.config}: valid ({len(config['datasets'])} datasets)")
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    from depthcontrast.stages.download import run_download
+
+    settings = _dataset_settings(args.config, args.dataset)
+    out = Path(args.out or Path(args.results) / "raw" / args.dataset)
+    run_download(args.dataset, settings["source"], out)
+
+
+def cmd_preprocess(args: argparse.Namespace) -> None:
+    from depthcontrast.stages.preprocess import run_preprocess
+
+    settings = _dataset_settings(args.config, args.dataset)
+    results = Path(args.results)
+    manifest = Path(args.manifest or results / "raw" / args.dataset / "MANIFEST.json")
+    out = Path(args.out or results / "shards" / args.dataset)
+    summary = run_preprocess(args.dataset, settings, manifest, out, workers=args.workers)
+    print(json.dumps(summary, sort_keys=True))
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from depthcontrast.data.shard_dataset import ShardDataset
+
+    dataset = ShardDataset(Path(args.shard_dir), verify=not args.no_verify)
+    print(f"{args.shard_dir}: {len(dataset)} samples, features {dataset.feature_names}, "
+          f"labels {'yes' if dataset.has_labels else 'no'}")
+    for i in range(min(args.head, len(dataset))):
+        item = dataset[i]
+        print(f"  [{i}] {item['sample_id']}: {item['points'].shape[0]} points")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="depthcontrast", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="full tracebacks and debug logs")
+    parser.add_argument("--log", help="append logs to this file instead of stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    validate = sub.add_parser("validate-config", help="check a config file against the schema")
+    validate.add_argument("config", nargs="?", default="config.yaml")
+    validate.add_argument("--print", action="store_true", help="print the config with defaults filled")
+    validate.set_defaults(func=cmd_validate)
+
+    for name, func, helptext in (
+        ("download", cmd_download, "fetch or locate a dataset's raw files; write MANIFEST.json"),
+        ("preprocess", cmd_preprocess, "decode raw files into HDF5 shards + index.json + quarantine.json"),
+    ):
+        stage = sub.add_parser(name, help=helptext)
+        stage.add_argument("--config", default="config.yaml")
+        stage.add_argument("--dataset", required=True, help="a name under `datasets:` in the config")
+        stage.add_argument("--results", default="results", help="results folder (default: results)")
+        stage.add_argument("--out", help="output folder (default: results/<stage>/<dataset>)")
+        stage.set_defaults(func=func)
+        if name == "preprocess":
+            stage.add_argument("--manifest", help="default: results/raw/<dataset>/MANIFEST.json")
+            stage.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+
+    inspect = sub.add_parser("inspect", help="summarise a folder of shards (checks sha256 by default)")
+    inspect.add_argument("shard_dir")
+    inspect.add_argument("--head", type=int, default=5)
+    inspect.add_argument("--no-verify", action="store_true")
+    inspect.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log, debug=args.debug)
+    try:
+        args.func(args)
+    except DepthContrastError as exc:
+        if args.debug:
+            raise
+        print(f"depthcontrast: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+"""Rule `download`: a thin entry point; the logic lives in depthcontrast.stages.download."""
+
+from pathlib import Path
+
+from depthcontrast.stages import run_rule
+from depthcontrast.stages.download import run_download
+
+sm = snakemake  # noqa: F821  (injected by Snakemake's script: directive)
+run_rule(sm.log[0], run_download, sm.wildcards.dataset, sm.params.source, Path(sm.output.manifest).parent)
