@@ -55,8 +55,10 @@ def ensure_system_libraries() -> None:
     if not missing:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        sys.exit(f"[bootstrap] missing system libraries: install the packages {' '.join(missing)} "
-                 "(Debian/Ubuntu names) and run again")
+        sys.exit(
+            f"[bootstrap] missing system libraries: install the packages {' '.join(missing)} "
+            "(Debian/Ubuntu names) and run again"
+        )
     apt = ["apt-get", "-o", "DPkg::Lock::Timeout=300"]
     run([*apt, "update", "-qq"])
     run([*apt, "install", "-y", "-qq", *missing], env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
@@ -85,8 +87,9 @@ def main(argv: list[str]) -> int:
     command, extra = argv[0], argv[1:]
     if command == "demo":
         cores = str(os.cpu_count() or 1)
-        return subprocess.run([str(VENV / "bin" / "snakemake"), "--cores", cores, *extra], cwd=ROOT,
-                              env=env).returncode
+        return subprocess.run(
+            [str(VENV / "bin" / "snakemake"), "--cores", cores, *extra], cwd=ROOT, env=env
+        ).returncode
     if command == "test":
         return subprocess.run([str(venv_python()), "-m", "pytest", *extra], cwd=ROOT, env=env).returncode
     return 0

@@ -61,8 +61,10 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     from depthcontrast.data.shard_dataset import ShardDataset
 
     dataset = ShardDataset(Path(args.shard_dir), verify=not args.no_verify)
-    print(f"{args.shard_dir}: {len(dataset)} samples, features {dataset.feature_names}, "
-          f"labels {'yes' if dataset.has_labels else 'no'}")
+    print(
+        f"{args.shard_dir}: {len(dataset)} samples, features {dataset.feature_names}, "
+        f"labels {'yes' if dataset.has_labels else 'no'}"
+    )
     for i in range(min(args.head, len(dataset))):
         item = dataset[i]
         print(f"  [{i}] {item['sample_id']}: {item['points'].shape[0]} points")

@@ -30,6 +30,8 @@ def _with_defaults(validator_class: type) -> type:
     def set_defaults(validator, properties, instance, schema):  # type: ignore[no-untyped-def]
         if isinstance(instance, dict):
             for name, subschema in properties.items():
+                if isinstance(subschema, dict) and "$ref" in subschema and "default" not in subschema:
+                    subschema = validator._resolver.lookup(subschema["$ref"]).contents
                 if isinstance(subschema, dict) and "default" in subschema and name not in instance:
                     instance[name] = copy.deepcopy(subschema["default"])
         yield from validate_properties(validator, properties, instance, schema)

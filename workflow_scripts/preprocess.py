@@ -7,5 +7,12 @@ from depthcontrast.stages.preprocess import run_preprocess
 
 sm = snakemake  # noqa: F821  (injected by Snakemake's script: directive)
 settings = {"format": sm.params.format, "preprocess": sm.params.preprocess}
-run_rule(sm.log[0], run_preprocess, sm.wildcards.dataset, settings, Path(sm.input.manifest),
-         Path(sm.output.index).parent, workers=sm.threads)
+run_rule(
+    sm.log[0],
+    run_preprocess,
+    sm.wildcards.dataset,
+    settings,
+    Path(sm.input.manifest),
+    Path(sm.output.index).parent,
+    workers=sm.threads,
+)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from depthcontrast.data.manifest import MANIFEST_NAME, Manifest, describe_files, write_manifest
 from depthcontrast.data.sources.builtin import copy_builtin
@@ -16,8 +17,18 @@ log = logging.getLogger(__name__)
 OFFICIAL_KINDS = ("scannet", "redwood", "kitti", "waymo")
 
 
-def _http_options(source: dict[str, Any]) -> dict[str, Any]:
-    return {key: source[key] for key in ("retries", "backoff_s", "timeout_s")}
+def _fetch(source: dict[str, Any], out_dir: Path) -> list[str]:
+    """Download the source's `urls` into out_dir (resumable, verified); return relative paths."""
+    from depthcontrast.data.sources.http import fetch_urls
+
+    for entry in source["urls"]:
+        name = entry.get("path") or urlsplit(entry["url"]).path.rsplit("/", 1)[-1]
+        if Path(name).name == MANIFEST_NAME and Path(name).parent == Path("."):
+            raise ConfigError(
+                f"source.urls: {entry['url']}: the file name {MANIFEST_NAME} is reserved; set `path`"
+            )
+    options = {key: source[key] for key in ("retries", "backoff_s", "timeout_s")}
+    return fetch_urls(source["urls"], out_dir, **options)
 
 
 def _official(kind: str, source: dict[str, Any], out_dir: Path) -> tuple[Path, list[str], str]:
@@ -28,9 +39,7 @@ def _official(kind: str, source: dict[str, Any], out_dir: Path) -> tuple[Path, l
         root = Path(expand_env(source["root"], what="source.root")).expanduser().resolve()
         return root, official_layout_files(kind, root), str(root)
     if "urls" in source:
-        from depthcontrast.data.sources.http import fetch_urls
-
-        return out_dir, fetch_urls(source["urls"], out_dir, **_http_options(source)), "."
+        return out_dir, _fetch(source, out_dir), "."
     raise ConfigError(
         f"source kind {kind!r} needs `root` (your existing copy in the official layout) or `urls` "
         f"(your own licensed download links); the pipeline never downloads {kind} without them"
@@ -49,9 +58,7 @@ def run_download(dataset: str, source: dict[str, Any], out_dir: Path) -> Manifes
         root, files = list_local(source["path"], source["glob"])
         root_field = str(root)
     elif kind == "http":
-        from depthcontrast.data.sources.http import fetch_urls
-
-        root, files, root_field = out_dir, fetch_urls(source["urls"], out_dir, **_http_options(source)), "."
+        root, files, root_field = out_dir, _fetch(source, out_dir), "."
     elif kind in OFFICIAL_KINDS:
         root, files, root_field = _official(kind, source, out_dir)
     else:  # the schema makes this unreachable

@@ -48,8 +48,13 @@ def run_preprocess(
     manifest = read_manifest(manifest_path)
     _check_raw_files_present(manifest)
     units = plan_units(manifest, fmt, dataset)
-    log.info("preprocess %s: %d units from %d raw files, %d workers", dataset, len(units),
-             len(manifest.files), workers)
+    log.info(
+        "preprocess %s: %d units from %d raw files, %d workers",
+        dataset,
+        len(units),
+        len(manifest.files),
+        workers,
+    )
     quarantine: list[QuarantineEntry] = []
     kept = 0
     writer = ShardWriter(
@@ -64,7 +69,9 @@ def run_preprocess(
     )
     with writer:
         for unit, results in progress(
-            zip(units, _decoded(units, fmt, workers)), desc=f"preprocess {dataset}", total=len(units),
+            zip(units, _decoded(units, fmt, workers), strict=True),
+            desc=f"preprocess {dataset}",
+            total=len(units),
             unit="file",
         ):
             for item in results:
@@ -84,8 +91,13 @@ def run_preprocess(
             )
         _write_quarantine(out_dir / QUARANTINE_NAME, dataset, quarantine)
     reasons = Counter(entry.reason for entry in quarantine)
-    log.info("preprocess %s: %d samples kept, %d quarantined %s", dataset, kept, len(quarantine),
-             dict(sorted(reasons.items())))
+    log.info(
+        "preprocess %s: %d samples kept, %d quarantined %s",
+        dataset,
+        kept,
+        len(quarantine),
+        dict(sorted(reasons.items())),
+    )
     return {"samples": kept, "quarantined": len(quarantine), "reasons": dict(reasons)}
 
 

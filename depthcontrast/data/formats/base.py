@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,3 +23,18 @@ class Unit:
     format: str
     sample_prefix: str
     options: dict[str, Any] = field(default_factory=dict)
+
+
+SEED_FRAME_STEPS = {"scannet_sens": 10, "redwood": 15, "waymo": 2}
+"""The seed's frame subsampling per sequence format; every other format keeps every frame."""
+
+
+def frame_step(fmt: dict[str, Any], format_name: str) -> int:
+    """The configured `frame_step`, or the seed's default for `format_name` when it is null."""
+    step = fmt.get("frame_step")
+    return int(step) if step is not None else SEED_FRAME_STEPS.get(format_name, 1)
+
+
+def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that orders embedded numbers by value ('frame2' before 'frame10')."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", text) if part)

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from depthcontrast import __version__
 from depthcontrast.errors import ConfigError, DownloadError
 from depthcontrast.io_utils import sha256_file
+from depthcontrast.paths import expand_env
 
 LOG = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ PART_PREFIX = "."
 PART_SUFFIX = ".part"
 USER_AGENT = f"depthcontrast-pipeline/{__version__}"
 URL_SCHEMES = ("http", "https")
-ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")  # as in depthcontrast.paths.expand_env
 # Client errors that say "try again later" rather than "this request is wrong".
 RETRYABLE_CLIENT_STATUS = (408, 429)
 CREDENTIAL_STATUS = (401, 403)
@@ -50,14 +51,10 @@ class _Transient(Exception):
 
 def expand_url(url: str) -> str:
     """Replace each `${VAR}` in `url` with its environment value; an unset variable is a DownloadError."""
-
-    def value(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in os.environ:
-            raise DownloadError(f"{url}: environment variable {name} is not set; export {name} and rerun")
-        return os.environ[name]
-
-    return ENV_VAR.sub(value, url)
+    try:
+        return expand_env(url, what=url)
+    except ConfigError as exc:
+        raise DownloadError(f"{exc}; export it and rerun") from None
 
 
 def part_path(dest: Path) -> Path:
@@ -171,9 +168,14 @@ def _download_with_retries(
         except _Transient as exc:
             if attempt == attempts:
                 plural = "" if attempts == 1 else "s"
+                kept = part.stat().st_size if part.exists() else 0
+                advice = (
+                    f"rerun to resume from the {kept} bytes kept in {part}"
+                    if kept
+                    else "check the network and the server, then rerun"
+                )
                 raise DownloadError(
-                    f"{shown_url}: failed after {attempts} attempt{plural}: {exc}; "
-                    "rerun to resume from the partial file"
+                    f"{shown_url}: failed after {attempts} attempt{plural}: {exc}; {advice}"
                 ) from exc
             delay = backoff_s * 2 ** (attempt - 1)
             LOG.warning(
@@ -229,7 +231,10 @@ def _receive(response: http.client.HTTPResponse, shown_url: str, part: Path, off
     length_header = response.headers.get("Content-Length", "").strip()
     expected = int(length_header) if length_header.isdigit() else None
     received = 0
-    with open(part, mode) as out, _byte_bar(part.name, offset, expected) as bar:
+    with (
+        open(part, mode) as out,
+        _byte_bar(part.name[len(PART_PREFIX) : -len(PART_SUFFIX)], offset, expected) as bar,
+    ):
         while chunk := response.read(CHUNK_BYTES):
             out.write(chunk)
             received += len(chunk)

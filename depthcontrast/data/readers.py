@@ -1,0 +1,422 @@
+"""Point-cloud readers: one function per file format, each returning a `Sample`.
+
+Every reader checks the file's structure before handing it to its library, so bad data raises a
+`SampleError` whose reason (`unreadable`, `truncated`, `wrong_dtype`) comes from what the file says
+about itself, never from a library's exception text. Readers keep NaN/inf and empty clouds: the
+preprocess stage checks those for every sample alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import laspy
+import numpy as np
+import plyfile
+from PIL import Image
+
+from depthcontrast.data.records import Sample
+from depthcontrast.errors import SampleError
+
+MAX_HEADER_BYTES = 1 << 16  # PLY and PCD headers must end within this many bytes
+
+PLY_MAGIC = b"ply"
+PLY_END_HEADER = b"end_header"
+PLY_TYPE_BYTES = {
+    "char": 1, "int8": 1, "uchar": 1, "uint8": 1,
+    "short": 2, "int16": 2, "ushort": 2, "uint16": 2,
+    "int": 4, "int32": 4, "uint": 4, "uint32": 4,
+    "float": 4, "float32": 4, "double": 8, "float64": 8,
+}  # fmt: skip
+PLY_COLOUR_PROPERTIES = ("red", "green", "blue")
+PLY_LABEL_PROPERTIES = ("label", "class")
+
+PCD_DATA_KEY = "DATA"
+PCD_COMPRESSED_SIZES = struct.Struct("<II")  # compressed size, uncompressed size
+
+LAS_MAGIC = b"LASF"
+LAZ_CHUNK_TABLE_OFFSET = struct.Struct("<q")  # first 8 bytes of LAZ point data
+LAS_16BIT_COLOUR_SHIFT = 8
+
+NPY_COLUMNS = {3: "xyz", 4: "xyz + intensity", 6: "xyz + rgb"}
+NUMERIC_KINDS = "iuf"
+NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0}  # later versions: the 2.0 reader
+
+KITTI_COLUMNS = 4  # x, y, z, reflectance as float32
+KITTI_RECORD_BYTES = KITTI_COLUMNS * 4
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_IEND_CHUNK = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+RGB_MAX = 255
+
+
+@dataclass(frozen=True)
+class Intrinsics:
+    """Pinhole intrinsics of a depth camera, in pixels."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+
+
+REDWOOD_INTRINSICS = Intrinsics(fx=525.0, fy=525.0, cx=319.5, cy=239.5)
+DEFAULT_DEPTH_SCALE = 1000.0  # depth PNG units per metre (millimetres)
+
+
+@contextlib.contextmanager
+def unreadable_on_error(path: Path | str, what: str) -> Iterator[None]:
+    """Turn any library exception inside the block into SampleError('unreadable')."""
+    try:
+        yield
+    except SampleError:
+        raise
+    except Exception as exc:  # libraries raise many types for garbage input
+        detail = f"{path}: not a readable {what} ({type(exc).__name__}: {exc})"
+        raise SampleError("unreadable", detail) from None
+
+
+def _read_head(path: Path, num_bytes: int = MAX_HEADER_BYTES) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(num_bytes)
+    except OSError as exc:
+        raise SampleError("unreadable", f"{path}: cannot open ({exc.strerror or exc})") from None
+
+
+def _count_data_lines(path: Path, start: int) -> int:
+    """Non-empty text lines after byte offset `start`."""
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        return sum(1 for line in handle if line.strip())
+
+
+def _to_rgb_uint8(channels: np.ndarray) -> np.ndarray:
+    """[P, 3] colour of any numeric type → uint8: floats in [0, 1] are scaled by 255, else clipped."""
+    if channels.dtype == np.uint8:
+        return np.ascontiguousarray(channels)
+    values = channels.astype(np.float64)
+    if channels.dtype.kind == "f" and (values.size == 0 or np.nanmax(values) <= 1.0):
+        values = values * RGB_MAX
+    return np.clip(np.rint(np.nan_to_num(values)), 0, RGB_MAX).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------- PLY
+def _check_ply_structure(path: Path) -> None:
+    """Raise unreadable for a bad header, truncated when the body is shorter than the header says."""
+    head = _read_head(path)
+    if not head.startswith(PLY_MAGIC):
+        raise SampleError("unreadable", f"{path}: no 'ply' magic at the start; not a PLY file")
+    end = head.find(PLY_END_HEADER)
+    if end < 0:
+        raise SampleError("unreadable", f"{path}: no 'end_header' in the first {MAX_HEADER_BYTES} bytes")
+    newline = head.find(b"\n", end)
+    body_start = newline + 1 if newline >= 0 else len(head)
+    encoding, rows, min_bytes = None, 0, 0
+    row_bytes = 0
+    count = 0
+    try:
+        for line in head[:end].decode("ascii").splitlines():
+            tokens = line.split()
+            if not tokens:
+                continue
+            if tokens[0] == "format":
+                encoding = tokens[1]
+            elif tokens[0] == "element":
+                min_bytes += count * row_bytes
+                count, row_bytes = int(tokens[2]), 0
+                rows += count
+            elif tokens[0] == "property":
+                # a list property needs at least its length field per row
+                row_bytes += PLY_TYPE_BYTES[tokens[2] if tokens[1] == "list" else tokens[1]]
+        min_bytes += count * row_bytes
+    except (UnicodeDecodeError, ValueError, IndexError, KeyError) as exc:
+        raise SampleError("unreadable", f"{path}: malformed PLY header ({exc!r})") from None
+    if encoding is None:
+        raise SampleError("unreadable", f"{path}: PLY header has no 'format' line")
+    body = path.stat().st_size - body_start
+    if encoding == "ascii":
+        lines = _count_data_lines(path, body_start)
+        if lines < rows:
+            raise SampleError("truncated", f"{path}: header declares {rows} rows, file has {lines} lines")
+    elif body < min_bytes:
+        raise SampleError("truncated", f"{path}: header declares at least {min_bytes} bytes, body has {body}")
+
+
+def read_ply(path: Path, sample_id: str) -> Sample:
+    """PLY vertices via plyfile: xyz, optional red/green/blue → 'rgb', optional label/class → labels."""
+    path = Path(path)
+    _check_ply_structure(path)
+    with unreadable_on_error(path, "PLY file"):
+        vertices = plyfile.PlyData.read(str(path), mmap=False)["vertex"].data
+    names = vertices.dtype.names or ()
+    for axis in "xyz":
+        if axis not in names or vertices.dtype[axis].kind not in NUMERIC_KINDS:
+            raise SampleError("wrong_dtype", f"{path}: vertex property {axis!r} missing or not numeric")
+    points = np.stack([vertices[axis] for axis in "xyz"], axis=1).astype(np.float32)
+    features = {}
+    if all(name in names for name in PLY_COLOUR_PROPERTIES):
+        features["rgb"] = _to_rgb_uint8(np.stack([vertices[c] for c in PLY_COLOUR_PROPERTIES], axis=1))
+    label_name = next((name for name in PLY_LABEL_PROPERTIES if name in names), None)
+    labels = None if label_name is None else vertices[label_name].astype(np.int32)
+    return Sample(sample_id, points, features, labels)
+
+
+# --------------------------------------------------------------------------------------------- PCD
+def _check_pcd_structure(path: Path) -> None:
+    """Parse the PCD header; raise unreadable / wrong_dtype / truncated as the structure says."""
+    head = _read_head(path)
+    fields: dict[str, list[str]] = {}
+    offset = 0
+    for raw_line in head.splitlines(keepends=True):
+        offset += len(raw_line)
+        line = raw_line.decode("ascii", errors="replace").strip()
+        if not line or line.startswith("#"):
+            continue
+        key, *values = line.split()
+        fields[key.upper()] = values
+        if key.upper() == PCD_DATA_KEY:
+            break
+    else:
+        raise SampleError("unreadable", f"{path}: no PCD header (no DATA line in the first bytes)")
+    try:
+        names = fields["FIELDS"]
+        sizes = [int(v) for v in fields["SIZE"]]
+        counts = [int(v) for v in fields.get("COUNT", ["1"] * len(sizes))]
+        points = int(fields["POINTS"][0]) if "POINTS" in fields else math.prod(
+            int(fields[k][0]) for k in ("WIDTH", "HEIGHT")
+        )
+        encoding = fields[PCD_DATA_KEY][0].lower()
+    except (KeyError, ValueError, IndexError) as exc:
+        raise SampleError("unreadable", f"{path}: malformed PCD header ({exc!r})") from None
+    if not {"x", "y", "z"} <= set(names):
+        raise SampleError("wrong_dtype", f"{path}: PCD fields {names} have no x, y, z")
+    body = path.stat().st_size - offset
+    if encoding == "ascii":
+        lines = _count_data_lines(path, offset)
+        if lines < points:
+            raise SampleError("truncated", f"{path}: header declares {points} points, file has {lines} lines")
+    elif encoding == "binary":
+        needed = points * sum(s * c for s, c in zip(sizes, counts, strict=False))
+        if body < needed:
+            raise SampleError("truncated", f"{path}: header declares {needed} data bytes, file has {body}")
+    elif encoding == "binary_compressed":
+        if body < PCD_COMPRESSED_SIZES.size:
+            raise SampleError("truncated", f"{path}: compressed PCD ends before its size fields")
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            compressed, _ = PCD_COMPRESSED_SIZES.unpack(handle.read(PCD_COMPRESSED_SIZES.size))
+        if body < PCD_COMPRESSED_SIZES.size + compressed:
+            detail = f"{path}: header declares {compressed} compressed bytes; the file ends first"
+            raise SampleError("truncated", detail)
+    else:
+        raise SampleError("unreadable", f"{path}: unknown PCD DATA encoding {encoding!r}")
+
+
+def read_pcd(path: Path, sample_id: str) -> Sample:
+    """PCD via open3d's tensor reader: xyz, colour → 'rgb', intensity → 'intensity'."""
+    import open3d as o3d  # heavy import: only workers that read PCD pay for it
+
+    path = Path(path)
+    _check_pcd_structure(path)
+    with unreadable_on_error(path, "PCD file"):
+        cloud = o3d.t.io.read_point_cloud(str(path))
+        attributes = {name: cloud.point[name].numpy() for name in cloud.point}
+    if "positions" not in attributes:
+        raise SampleError("unreadable", f"{path}: open3d could not decode the PCD data")
+    points = attributes["positions"].astype(np.float32).reshape(-1, 3)
+    features = {}
+    if "colors" in attributes:
+        features["rgb"] = _to_rgb_uint8(attributes["colors"].reshape(-1, 3))
+    if "intensity" in attributes:
+        features["intensity"] = attributes["intensity"].astype(np.float32).reshape(-1, 1)
+    return Sample(sample_id, points, features)
+
+
+# ----------------------------------------------------------------------------------------- LAS/LAZ
+def _check_las_structure(path: Path, header: laspy.LasHeader) -> None:
+    size = path.stat().st_size
+    start = header.offset_to_point_data
+    if not header.are_points_compressed:
+        needed = start + header.point_count * header.point_format.size
+        if size < needed:
+            detail = f"{path}: header declares {header.point_count} points ({needed} bytes), file has {size}"
+            raise SampleError("truncated", detail)
+        return
+    # LAZ: point data starts with the offset of the chunk table, which is written at the end
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        raw = handle.read(LAZ_CHUNK_TABLE_OFFSET.size)
+    if len(raw) < LAZ_CHUNK_TABLE_OFFSET.size:
+        raise SampleError("truncated", f"{path}: LAZ file ends before its point data")
+    (table_offset,) = LAZ_CHUNK_TABLE_OFFSET.unpack(raw)
+    if table_offset >= size:
+        detail = f"{path}: LAZ chunk table should be at byte {table_offset}, file has {size}"
+        raise SampleError("truncated", detail)
+
+
+def read_las(path: Path, sample_id: str) -> Sample:
+    """LAS/LAZ via laspy (+lazrs): xyz, intensity → 'intensity', colour → 'rgb', classification → labels.
+
+    x and y are returned relative to the tile's corner floor(min x), floor(min y), so float32 keeps
+    millimetre precision for georeferenced coordinates (~10^6 m); z is unchanged.
+    """
+    path = Path(path)
+    if not _read_head(path, len(LAS_MAGIC)) == LAS_MAGIC:
+        raise SampleError("unreadable", f"{path}: no 'LASF' signature; not a LAS/LAZ file")
+    with unreadable_on_error(path, "LAS/LAZ header"), laspy.open(str(path)) as reader:
+        header = reader.header
+    _check_las_structure(path, header)
+    with unreadable_on_error(path, "LAS/LAZ file"):
+        las = laspy.read(str(path))
+        xyz = np.asarray(las.xyz, dtype=np.float64)
+        dimensions = set(las.point_format.dimension_names)
+    origin = np.array([math.floor(header.mins[0]), math.floor(header.mins[1]), 0.0])
+    points = (xyz - origin).astype(np.float32)
+    features = {"intensity": np.asarray(las.intensity, dtype=np.float32).reshape(-1, 1)}
+    if {"red", "green", "blue"} <= dimensions:
+        colour = np.stack([np.asarray(las[c]) for c in ("red", "green", "blue")], axis=1)
+        if colour.size and colour.max() > RGB_MAX:  # 16-bit colour, as the LAS spec intends
+            colour = colour >> LAS_16BIT_COLOUR_SHIFT
+        features["rgb"] = colour.astype(np.uint8)
+    labels = np.asarray(las.classification, dtype=np.int32)
+    return Sample(sample_id, points, features, labels)
+
+
+# --------------------------------------------------------------------------------------------- NPY
+def read_npy(path: Path, sample_id: str) -> Sample:
+    """A numeric N×3 (xyz), N×4 (xyz + intensity) or N×6 (xyz + rgb, [0, 1] floats or 0–255) array."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = NPY_HEADER_READERS.get(version, np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(handle)
+            data_start = handle.tell()
+    except OSError as exc:
+        raise SampleError("unreadable", f"{path}: cannot open ({exc.strerror or exc})") from None
+    except (ValueError, SyntaxError, EOFError) as exc:
+        raise SampleError("unreadable", f"{path}: not a .npy file ({exc})") from None
+    if dtype.kind not in NUMERIC_KINDS:
+        raise SampleError("wrong_dtype", f"{path}: array of dtype {dtype} cannot hold points")
+    if len(shape) != 2 or shape[1] not in NPY_COLUMNS:
+        raise SampleError(
+            "wrong_dtype", f"{path}: array of shape {shape}; expected N×C with C in {sorted(NPY_COLUMNS)}"
+        )
+    needed = data_start + math.prod(shape) * dtype.itemsize
+    size = path.stat().st_size
+    if size < needed:
+        detail = f"{path}: header declares shape {shape} ({needed} bytes), file has {size}"
+        raise SampleError("truncated", detail)
+    with unreadable_on_error(path, ".npy file"):
+        array = np.load(path, allow_pickle=False)
+    points = array[:, :3].astype(np.float32)
+    features = {}
+    if shape[1] == 4:
+        features["intensity"] = array[:, 3:4].astype(np.float32)
+    elif shape[1] == 6:
+        features["rgb"] = _to_rgb_uint8(array[:, 3:6])
+    return Sample(sample_id, points, features)
+
+
+# --------------------------------------------------------------------------------------- KITTI bin
+def read_kitti_bin(path: Path, sample_id: str) -> Sample:
+    """A KITTI velodyne sweep: float32 records of x, y, z, reflectance → xyz + 'intensity'."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise SampleError("unreadable", f"{path}: cannot open ({exc.strerror or exc})") from None
+    if size % KITTI_RECORD_BYTES:
+        raise SampleError(
+            "truncated", f"{path}: {size} bytes is not a whole number of {KITTI_RECORD_BYTES}-byte points"
+        )
+    with unreadable_on_error(path, "KITTI .bin file"):
+        records = np.fromfile(path, dtype="<f4").reshape(-1, KITTI_COLUMNS)
+    intensity = records[:, 3:4].astype(np.float32)
+    return Sample(sample_id, records[:, :3].astype(np.float32), {"intensity": intensity})
+
+
+FILE_READERS: dict[str, Callable[[Path, str], Sample]] = {
+    "ply": read_ply,
+    "pcd": read_pcd,
+    "las": read_las,
+    "npy": read_npy,
+    "kitti_bin": read_kitti_bin,
+}
+
+
+# ----------------------------------------------------------------------------------- depth images
+def decode_image(data: bytes, what: str) -> np.ndarray:
+    """Decode PNG/JPEG bytes with Pillow; a PNG without its IEND chunk is reported as truncated."""
+    if data.startswith(PNG_SIGNATURE) and not data.rstrip(b"\x00").endswith(PNG_IEND_CHUNK):
+        raise SampleError("truncated", f"{what}: PNG ends before its IEND chunk")
+    with unreadable_on_error(what, "image"), Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return np.asarray(image)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Decode an image file (see decode_image)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise SampleError("unreadable", f"{path}: cannot open ({exc.strerror or exc})") from None
+    return decode_image(data, str(path))
+
+
+def _colour_at_depth_resolution(color: np.ndarray, height: int, width: int, what: str) -> np.ndarray:
+    """[H, W, 3] uint8 colour, resized (bilinear, as the seed did) to the depth image's size."""
+    if color.dtype != np.uint8 or color.ndim not in (2, 3):
+        raise SampleError("wrong_dtype", f"{what}: colour image of dtype {color.dtype}, shape {color.shape}")
+    if color.ndim == 2:
+        color = np.repeat(color[:, :, None], 3, axis=2)
+    color = color[:, :, :3]
+    if color.shape[:2] != (height, width):
+        color = np.asarray(Image.fromarray(color).resize((width, height), Image.Resampling.BILINEAR))
+    return color
+
+
+def depth_to_sample(
+    sample_id: str,
+    depth: np.ndarray,
+    intrinsics: Intrinsics,
+    depth_scale: float,
+    max_depth_m: float | None = None,
+    color: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+) -> Sample:
+    """Back-project a depth image into camera-frame points (pixels with depth 0 are no return).
+
+    z = d / depth_scale, x = (u − cx)·z / fx, y = (v − cy)·z / fy; points in row-major pixel order.
+    `color` (any size, resized to the depth's) becomes 'rgb'; `labels` ([H, W] ints) the labels.
+    """
+    if depth.ndim != 2 or depth.dtype.kind not in "ui":
+        detail = f"{sample_id}: depth image of dtype {depth.dtype}, shape {depth.shape}"
+        raise SampleError("wrong_dtype", detail)
+    height, width = depth.shape
+    z_image = depth.astype(np.float32) / np.float32(depth_scale)
+    valid = depth > 0
+    if max_depth_m is not None:
+        valid &= z_image <= max_depth_m
+    rows, cols = np.nonzero(valid)
+    z = z_image[rows, cols]
+    x = (cols.astype(np.float32) - np.float32(intrinsics.cx)) * z / np.float32(intrinsics.fx)
+    y = (rows.astype(np.float32) - np.float32(intrinsics.cy)) * z / np.float32(intrinsics.fy)
+    features = {}
+    if color is not None:
+        features["rgb"] = _colour_at_depth_resolution(color, height, width, sample_id)[rows, cols]
+    point_labels = None
+    if labels is not None:
+        if labels.shape != depth.shape or labels.dtype.kind not in "ui":
+            detail = f"{sample_id}: label image {labels.dtype} {labels.shape} ≠ depth {depth.shape}"
+            raise SampleError("wrong_dtype", detail)
+        point_labels = labels[rows, cols].astype(np.int32)
+    return Sample(sample_id, np.stack([x, y, z], axis=1), features, point_labels)

@@ -1,0 +1,71 @@
+"""The real Snakemake DAG on the built-in data, in a temporary copy of the repository."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from depthcontrast.data.shard_dataset import ShardDataset
+from tests.conftest import run_snakemake
+
+pytestmark = pytest.mark.slow
+DATASETS = ("demo_indoor", "demo_lidar")
+
+
+def planned_jobs(repo: Path, *args: str) -> dict[str, int]:
+    """Rule -> job count that `snakemake -n` would run."""
+    result = run_snakemake(repo, "-n", "--cores", "2", *args)
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, flags=re.MULTILINE))
+    counts.pop("total", None)
+    return {rule: int(count) for rule, count in counts.items()}
+
+
+@pytest.fixture(scope="module")
+def built_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.conftest import copy_repo
+
+    repo = copy_repo(tmp_path_factory.mktemp("dag") / "repo")
+    run_snakemake(repo, "--cores", "2")
+    return repo
+
+
+def test_the_dag_builds_shards_for_every_builtin_dataset(built_repo: Path):
+    for name in DATASETS:
+        manifest = json.loads((built_repo / "results/raw" / name / "MANIFEST.json").read_text())
+        assert manifest["num_files"] > 0
+        index = json.loads((built_repo / "results/shards" / name / "index.json").read_text())
+        assert index["totals"]["samples"] > 0 if "totals" in index else index
+        dataset = ShardDataset(built_repo / "results/shards" / name)
+        assert len(dataset) > 0
+        assert dataset.has_labels
+        sample = dataset[len(dataset) - 1]
+        assert sample["points"].shape[1] == 3
+        for rule in ("download", "preprocess"):
+            assert (built_repo / f"results/logs/{rule}/{name}.log").exists()
+            assert (built_repo / f"results/benchmarks/{rule}/{name}.tsv").exists()
+    assert ShardDataset(built_repo / "results/shards/demo_lidar").feature_names == ["intensity"]
+
+
+def test_a_finished_dag_has_nothing_left_to_do(built_repo: Path):
+    assert planned_jobs(built_repo) == {}
+
+
+def test_forcerun_preprocess_reruns_only_preprocess(built_repo: Path):
+    assert planned_jobs(built_repo, "--forcerun", "preprocess") == {"preprocess": 2, "all": 1}
+
+
+def test_until_preprocess_and_a_changed_param_rerun_only_that_dataset_downstream(built_repo: Path):
+    config_path = built_repo / "config.yaml"
+    original = config_path.read_text()
+    config = yaml.safe_load(original)
+    config["datasets"]["demo_lidar"]["preprocess"]["min_points"] = 600
+    try:
+        config_path.write_text(yaml.safe_dump(config))
+        assert planned_jobs(built_repo) == {"preprocess": 1, "all": 1}
+        assert planned_jobs(built_repo, "--until", "preprocess") == {"preprocess": 1}
+    finally:
+        config_path.write_text(original)
