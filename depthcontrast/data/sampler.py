@@ -1,0 +1,57 @@
+"""A distributed sampler that can resume in the middle of an epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+
+class ResumableDistributedSampler(Sampler[int]):
+    """Each rank's share of a seeded per-epoch permutation, starting at `start_batch` of the epoch.
+
+    Like torch's DistributedSampler with drop_last=True (every rank gets the same number of whole
+    batches), plus `set_position(epoch, batch)` so a resumed run sees exactly the batches it had not
+    seen yet. Without shuffle the order is the dataset order (the seed's non-distributed quirk).
+    """
+
+    def __init__(
+        self,
+        length: int,
+        batch_size: int,
+        world_size: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        shuffle: bool = True,
+    ):
+        if length < batch_size * world_size:
+            raise ValueError(
+                f"{length} samples cannot fill one global batch of {batch_size} x {world_size} ranks"
+            )
+        self.length, self.batch_size = length, batch_size
+        self.world_size, self.rank = world_size, rank
+        self.seed, self.shuffle = seed, shuffle
+        self.epoch, self.start_batch = 0, 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.length // (self.batch_size * self.world_size)
+
+    def set_position(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start_batch) * self.batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.length, generator=generator)
+        else:
+            order = torch.arange(self.length)
+        used = self.batches_per_epoch * self.batch_size * self.world_size
+        # batch b of rank r = order[(b * world + r) * batch : ... + batch]: global batch b is contiguous
+        batches = order[:used].view(self.batches_per_epoch, self.world_size, self.batch_size)
+        mine = batches[self.start_batch :, self.rank].reshape(-1)
+        return iter(mine.tolist())
