@@ -6,7 +6,7 @@ import logging
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TextIO, TypeVar
 
 from tqdm import tqdm
 
@@ -27,6 +27,26 @@ def setup_logging(log_file: str | Path | None = None, debug: bool = False) -> No
     )
 
 
+class _LineStream:
+    """A stream for tqdm off a TTY: each refresh becomes its own line instead of a `\\r` overwrite."""
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        for line in text.replace("\r", "\n").split("\n"):
+            if line.strip():
+                self.stream.write(line.rstrip() + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def progress_stream() -> TextIO | _LineStream:
+    """Where progress bars write: stderr itself on a terminal, else a line-per-refresh wrapper."""
+    return sys.stderr if sys.stderr.isatty() else _LineStream(sys.stderr)
+
+
 def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
     """A tqdm bar on a terminal; on a file or pipe, a plain line every ~10 s instead of \\r spam."""
     interactive = sys.stderr.isatty()
@@ -35,7 +55,7 @@ def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str 
         desc=desc,
         total=total,
         unit=unit,
-        file=sys.stderr,
+        file=progress_stream(),
         dynamic_ncols=interactive,
         mininterval=0.1 if interactive else 10.0,
         ascii=not interactive,
