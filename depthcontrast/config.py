@@ -72,7 +72,19 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
     errors = list(_DefaultFillingValidator(load_schema()).iter_errors(filled))
     if errors:
         raise ConfigError(_one_line(_deepest(errors), source))
+    _check_references(filled, source)
     return filled
+
+
+def _check_references(config: dict[str, Any], source: str) -> None:
+    """Cross-key checks the schema cannot express: runs name configured datasets."""
+    for run, settings in config["pretrain"].items():
+        for name in settings["datasets"]:
+            if name not in config["datasets"]:
+                known = ", ".join(sorted(config["datasets"]))
+                raise ConfigError(
+                    f"{source}: pretrain.{run}.datasets: {name!r} is not a configured dataset ({known})"
+                )
 
 
 def _deepest(errors: list[ValidationError]) -> ValidationError:
