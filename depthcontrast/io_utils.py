@@ -24,6 +24,7 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}{TEMP_MARKER}", dir=dest.parent)
+    os.fchmod(fd, 0o666 & ~_current_umask())  # mkstemp makes 0600; outputs follow the umask like open()
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -33,6 +34,12 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(dest: str | Path, data: bytes) -> None:
