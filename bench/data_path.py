@@ -166,7 +166,8 @@ def _read_npy_factory(root: Path) -> Callable[[int], int]:
     def read(i: int) -> int:
         frame = np.load(root / f"{i:06d}.npy")
         points, rgb = frame[:, :3], frame[:, 3:]
-        return points.shape[0] + rgb.shape[0] * 0
+        assert rgb.shape[0] == points.shape[0]
+        return points.shape[0]
 
     return read
 
@@ -195,7 +196,9 @@ def drop_caches() -> bool:
         return False
 
 
-def timed_read(make_reader: Callable[[], Callable[[int], int]], order: np.ndarray, readers: int, cold: bool) -> float:
+def timed_read(
+    make_reader: Callable[[], Callable[[int], int]], order: np.ndarray, readers: int, cold: bool
+) -> float:
     """Samples/s reading `order` with `readers` forked processes, fresh handles, warm or cold cache."""
     global _READ
     _READ = make_reader()
@@ -212,12 +215,29 @@ def timed_read(make_reader: Callable[[], Callable[[int], int]], order: np.ndarra
     return len(order) / elapsed
 
 
-def read_rates(make_reader: Callable[[], Callable[[int], int]], order: np.ndarray, args: argparse.Namespace) -> dict[str, float]:
-    """Median cold and warm samples/s over `args.repeats` runs."""
-    cold = [timed_read(make_reader, order, args.readers, cold=True) for _ in range(args.repeats)]
-    timed_read(make_reader, order, args.readers, cold=False)  # fill the page cache
-    warm = [timed_read(make_reader, order, args.readers, cold=False) for _ in range(args.repeats)]
-    return {"cold": statistics.median(cold), "warm": statistics.median(warm)}
+def read_rates(
+    npy_reader: Callable[[], Callable[[int], int]],
+    shard_reader: Callable[[], Callable[[int], int]],
+    order: np.ndarray,
+    args: argparse.Namespace,
+) -> dict[str, float]:
+    """Median samples/s of both layouts, cold then warm, the two alternating run by run.
+
+    Ratios are medians of per-run ratios of adjacent runs, so load from other jobs on a shared
+    machine hits both sides of a ratio alike.
+    """
+    rates: dict[str, list[float]] = {}
+    for cache in ("cold", "warm"):
+        if cache == "warm":  # fill the page cache with both layouts
+            timed_read(npy_reader, order, args.readers, cold=False)
+            timed_read(shard_reader, order, args.readers, cold=False)
+        for _ in range(args.repeats):
+            npy = timed_read(npy_reader, order, args.readers, cold=cache == "cold")
+            shard = timed_read(shard_reader, order, args.readers, cold=cache == "cold")
+            rates.setdefault(f"npy_{cache}", []).append(npy)
+            rates.setdefault(f"shard_{cache}", []).append(shard)
+            rates.setdefault(f"ratio_{cache}", []).append(shard / npy)
+    return {key: statistics.median(values) for key, values in rates.items()}
 
 
 # ---------------------------------------------------------------------------- main
@@ -227,11 +247,14 @@ def machine() -> str:
         if line.startswith("model name"):
             model = line.split(":", 1)[1].strip()
             break
-    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    system = f"{platform.system()} {platform.release()}"
+    return f"{model}, {os.cpu_count()} cores, {system}, Python {platform.python_version()}"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--frames", type=int, default=800)
     parser.add_argument("--readers", type=int, default=1, help="reader processes (same for both layouts)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is printed")
@@ -243,24 +266,25 @@ def main() -> None:
     print(f"# data_path benchmark {datetime.datetime.now().isoformat(timespec='seconds')}")
     print(f"# machine: {machine()}")
     print(f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print(f"# load average at the start: {os.getloadavg()[0]:.2f}")
     work = Path(tempfile.mkdtemp(prefix="data_path-", dir=args.workdir))
     try:
         start = time.perf_counter()
         with mp.get_context("fork").Pool() as pool:
             samples = pool.map(synthetic_frame, range(args.frames))
-        print(f"# {args.frames} frames x {POINTS_PER_FRAME} points generated in {time.perf_counter() - start:.1f} s")
+        seconds = time.perf_counter() - start
+        print(f"# {args.frames} frames x {POINTS_PER_FRAME} points generated in {seconds:.1f} s")
         order = np.random.default_rng(0).permutation(args.frames)
 
         write_npy(samples, work / "npy")
         npy_bytes, npy_files = dir_bytes(work / "npy")
-        npy = read_rates(lambda: _read_npy_factory(work / "npy"), order, args)
         print(
-            f"# .npy: {npy_bytes / 1e6:.0f} MB, {npy_files} files; cold {npy['cold']:.0f} samples/s, "
-            f"warm {npy['warm']:.0f} samples/s ({args.readers} reader(s), random order, median of {args.repeats})"
+            f"# .npy: {npy_bytes / 1e6:.0f} MB, {npy_files} files; {args.readers} reader(s), random order, "
+            f"median of {args.repeats} runs; npy and shard runs alternate"
         )
         header = (
-            "| option | chunk pts | bytes vs npy | files/10k | write Mpts/s/core | cold samples/s | cold vs npy "
-            "| warm samples/s | warm vs npy |"
+            "| option | chunk pts | bytes vs npy | files/10k | write Mpts/s/core | cold samples/s (npy) "
+            "| cold vs npy | warm samples/s (npy) | warm vs npy |"
         )
         print(header)
         print("|---" * (header.count("|") - 1) + "|")
@@ -269,14 +293,19 @@ def main() -> None:
                 option = Option.parse(name, chunk)
                 out = work / f"{name}-{chunk}"
                 seconds = write_shards(samples, out, option)
-                shard_bytes, shard_files = dir_bytes(out)
-                rates = read_rates(lambda out=out: _read_shard_factory(out), order, args)
-                files_10k = -(-10_000 // SAMPLES_PER_SHARD) + 1
+                shard_bytes, _ = dir_bytes(out)
+                rates = read_rates(
+                    lambda: _read_npy_factory(work / "npy"),
+                    lambda out=out: _read_shard_factory(out),
+                    order,
+                    args,
+                )
                 print(
                     f"| {name} | {option.chunk_points or 'contiguous'} | {shard_bytes / npy_bytes:.2f} | "
-                    f"{files_10k} | {args.frames * POINTS_PER_FRAME / seconds / 1e6:.2f} | "
-                    f"{rates['cold']:.0f} | {rates['cold'] / npy['cold']:.2f} | "
-                    f"{rates['warm']:.0f} | {rates['warm'] / npy['warm']:.2f} |",
+                    f"{-(-10_000 // SAMPLES_PER_SHARD) + 1} | "
+                    f"{args.frames * POINTS_PER_FRAME / seconds / 1e6:.1f} | "
+                    f"{rates['shard_cold']:.0f} ({rates['npy_cold']:.0f}) | {rates['ratio_cold']:.2f} | "
+                    f"{rates['shard_warm']:.0f} ({rates['npy_warm']:.0f}) | {rates['ratio_warm']:.2f} |",
                     flush=True,
                 )
                 shutil.rmtree(out)
@@ -289,6 +318,7 @@ def main() -> None:
         dataset.verify_all()
         seconds = time.perf_counter() - start
         print(f"# sha256 verify (warm cache): {dataset.index.num_bytes / seconds / 1e9:.2f} GB/s")
+        print(f"# load average at the end: {os.getloadavg()[0]:.2f} (other jobs on the machine count)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

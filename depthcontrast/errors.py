@@ -40,4 +40,5 @@ QUARANTINE_REASONS = (
     "non_finite",  # NaN or inf coordinates
     "empty",  # zero points
     "too_few_points",  # fewer than preprocess.min_points
+    "missing_features",  # lacks a feature (rgb, intensity) that the dataset's first sample fixed
 )

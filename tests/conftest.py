@@ -35,7 +35,9 @@ def repo_copy(tmp_path: Path) -> Path:
     return copy_repo(tmp_path / "repo")
 
 
-def run_snakemake(cwd: Path, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+def run_snakemake(
+    cwd: Path, *args: str, check: bool = True, timeout: float = 900
+) -> subprocess.CompletedProcess:
     """Run the environment's snakemake in `cwd`; on failure show its output."""
     result = subprocess.run(
         [str(BIN / "snakemake"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
@@ -48,5 +50,9 @@ def run_snakemake(cwd: Path, *args: str, check: bool = True, timeout: float = 90
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run `python -m depthcontrast ...` as a user would."""
     return subprocess.run(
-        [sys.executable, "-m", "depthcontrast", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "depthcontrast", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )

@@ -25,7 +25,9 @@ def test_repository_config_is_valid_and_gets_defaults():
 
 
 def test_defaults_are_filled_inside_kind_specific_source_options():
-    config = validate_config(one_dataset(source={"kind": "http", "urls": [{"url": "http://x/a.ply", "sha256": "0" * 64}]}))
+    config = validate_config(
+        one_dataset(source={"kind": "http", "urls": [{"url": "http://x/a.ply", "sha256": "0" * 64}]})
+    )
     source = config["datasets"]["scans"]["source"]
     assert (source["retries"], source["backoff_s"], source["timeout_s"]) == (5, 1.0, 60)
 
@@ -33,27 +35,39 @@ def test_defaults_are_filled_inside_kind_specific_source_options():
 @pytest.mark.parametrize(
     ("config", "expected"),
     [
-        (one_dataset(source={"kind": "htp"}), "datasets.scans.source.kind: 'htp' is not allowed (allowed: 'builtin'"),
+        (
+            one_dataset(source={"kind": "htp"}),
+            "datasets.scans.source.kind: 'htp' is not allowed (allowed: 'builtin'",
+        ),
         (one_dataset(sorce={"kind": "builtin"}), "datasets.scans: unknown key 'sorce'"),
-        (one_dataset(source={"kind": "builtin", "subst": "x"}), "datasets.scans.source: unknown key 'subst'"),
+        (
+            one_dataset(source={"kind": "builtin", "subset": "indoor", "subst": "x"}),
+            "datasets.scans.source: unknown key 'subst'",
+        ),
         (one_dataset(source={"kind": "http"}), "datasets.scans.source: 'urls' is a required property"),
         (one_dataset(source={"kind": "local"}), "datasets.scans.source: 'path' is a required property"),
         (
-            one_dataset(source={"kind": "builtin"}, preprocess={"min_points": "many"}),
+            one_dataset(source={"kind": "builtin", "subset": "indoor"}, preprocess={"min_points": "many"}),
             "datasets.scans.preprocess.min_points: 'many' is not of type 'integer'",
         ),
         (
-            one_dataset(source={"kind": "builtin"}, preprocess={"min_points": 0}),
+            one_dataset(source={"kind": "builtin", "subset": "indoor"}, preprocess={"min_points": 0}),
             "datasets.scans.preprocess.min_points: 0 is less than the minimum of 1",
         ),
         (
             one_dataset(source={"kind": "http", "urls": [{"url": "http://x", "sha256": "abc"}]}),
             "datasets.scans.source.urls.0.sha256: 'abc' does not match",
         ),
-        (one_dataset(source={"kind": "builtin"}, format={"name": "xyz"}), "datasets.scans.format.name: 'xyz'"),
+        (
+            one_dataset(source={"kind": "builtin", "subset": "indoor"}, format={"name": "xyz"}),
+            "datasets.scans.format.name: 'xyz'",
+        ),
         ({"datasetz": {}}, "<top level>: unknown key 'datasetz'"),
         ({"datasets": {}}, "datasets: {} should be non-empty"),
-        ({"datasets": {"bad name": {"source": {"kind": "builtin"}}}}, "'bad name' does not match"),
+        (
+            {"datasets": {"bad name": {"source": {"kind": "builtin", "subset": "lidar"}}}},
+            "'bad name' does not match",
+        ),
     ],
 )
 def test_schema_errors_name_the_key_and_what_is_allowed(config, expected):
@@ -68,7 +82,7 @@ def test_schema_errors_name_the_key_and_what_is_allowed(config, expected):
 def test_unreadable_yaml_is_one_clear_line(tmp_path: Path):
     path = tmp_path / "bad.yaml"
     path.write_text("datasets: [unclosed\n")
-    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML"):
         load_config(path)
 
 
@@ -81,7 +95,7 @@ def test_cli_reports_a_config_mistake_in_one_line_without_traceback(tmp_path: Pa
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [
         f"depthcontrast: error: {path}: datasets.scans.source.subset: 'outdoor' is not allowed "
-        "(allowed: 'indoor', 'lidar', 'all')"
+        "(allowed: 'indoor', 'lidar')"
     ]
 
 
@@ -91,5 +105,7 @@ def test_snakemake_stops_at_once_on_a_config_mistake(repo_copy: Path):
     (repo_copy / "config.yaml").write_text(yaml.safe_dump(config))
     result = run_snakemake(repo_copy, "-n", "--cores", "1", check=False)
     assert result.returncode != 0
-    assert "datasets.demo_lidar.preprocess.samples_per_shard: -3 is less than the minimum of 1" in result.stderr
+    assert (
+        "datasets.demo_lidar.preprocess.samples_per_shard: -3 is less than the minimum of 1" in result.stderr
+    )
     assert "Traceback" not in result.stderr

@@ -33,7 +33,10 @@ def plane_cloud(n: int, seed: int) -> np.ndarray:
 
 
 def local_dataset(files: Path, **preprocess) -> dict:
-    entry = {"source": {"kind": "local", "path": str(files)}, "preprocess": {"min_points": MIN_POINTS, **preprocess}}
+    entry = {
+        "source": {"kind": "local", "path": str(files)},
+        "preprocess": {"min_points": MIN_POINTS, **preprocess},
+    }
     return validate_config({"datasets": {"scans": entry}})["datasets"]["scans"]
 
 
@@ -52,7 +55,7 @@ def write_bad_and_good_scans(folder: Path) -> dict[str, str]:
     np.save(folder / "few.npy", plane_cloud(MIN_POINTS - 1, seed=11))
     np.save(folder / "strings.npy", np.array([["a", "b", "c"]] * 100))
     (folder / "garbage.ply").write_bytes(b"this is not a ply file at all\n" * 10)
-    plane_cloud(100, seed=12).tofile(folder / "sweep.bin")  # 100 x 3 float32: not a multiple of x4
+    plane_cloud(101, seed=12).tofile(folder / "sweep.bin")  # 1212 bytes: not whole float32 x 4 points
     return {
         "nan.npy": "non_finite",
         "inf.npy": "non_finite",
@@ -102,7 +105,9 @@ def shard_hashes(folder: Path) -> dict[str, str]:
 def test_identical_inputs_give_byte_identical_shards_whatever_the_worker_count(tmp_path: Path):
     write_bad_and_good_scans(tmp_path / "scans")
     serial = download_and_preprocess(tmp_path / "scans", tmp_path / "serial", workers=1, samples_per_shard=2)
-    parallel = download_and_preprocess(tmp_path / "scans", tmp_path / "parallel", workers=2, samples_per_shard=2)
+    parallel = download_and_preprocess(
+        tmp_path / "scans", tmp_path / "parallel", workers=2, samples_per_shard=2
+    )
     assert len(shard_hashes(serial)) == 2
     assert shard_hashes(serial) == shard_hashes(parallel)
     assert (serial / "index.json").read_bytes() == (parallel / "index.json").read_bytes()
@@ -123,7 +128,7 @@ def test_a_raw_file_changed_after_download_is_reported(tmp_path: Path):
     settings = local_dataset(tmp_path / "scans")
     run_download("scans", settings["source"], tmp_path / "raw")
     np.save(tmp_path / "scans" / "good_0.npy", plane_cloud(999, seed=0))
-    with pytest.raises(Exception, match="good_0.npy: size .* differs from the manifest"):
+    with pytest.raises(Exception, match=r"good_0\.npy: size .* differs from the manifest"):
         run_preprocess("scans", settings, tmp_path / "raw" / "MANIFEST.json", tmp_path / "out")
 
 
@@ -134,13 +139,18 @@ def test_sigkill_mid_run_leaves_no_partial_output_and_rerun_gives_the_same_shard
     for i in range(40):
         np.save(scans / f"scan_{i:03d}.npy", plane_cloud(60_000, seed=i))
     config = tmp_path / "config.yaml"
-    entry = {"source": {"kind": "local", "path": str(scans)}, "preprocess": {"samples_per_shard": 2, "max_points": None}}
+    entry = {
+        "source": {"kind": "local", "path": str(scans)},
+        "preprocess": {"samples_per_shard": 2, "max_points": None},
+    }
     config.write_text(yaml.safe_dump({"datasets": {"scans": entry}}))
     common = ["--config", str(config), "--dataset", "scans", "--results", str(tmp_path / "results")]
     assert run_cli("download", *common).returncode == 0
 
     out = tmp_path / "results" / "shards" / "scans"
-    victim = subprocess.Popen([sys.executable, "-m", "depthcontrast", "preprocess", *common, "--workers", "1"])
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "depthcontrast", "preprocess", *common, "--workers", "1"]
+    )
     deadline = time.monotonic() + 120
     while not (out / "shard-00002.h5").exists():
         assert victim.poll() is None, "preprocess finished before it could be killed: make the data larger"

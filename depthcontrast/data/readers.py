@@ -38,14 +38,21 @@ PLY_COLOUR_PROPERTIES = ("red", "green", "blue")
 PLY_LABEL_PROPERTIES = ("label", "class")
 
 PCD_DATA_KEY = "DATA"
+PCD_COMMENT_MAGIC = b"# .PCD"
+PCD_HEADER_KEYS = {"VERSION", "FIELDS", "SIZE", "TYPE", "COUNT", "WIDTH", "HEIGHT", "VIEWPOINT", "POINTS"}
 PCD_COMPRESSED_SIZES = struct.Struct("<II")  # compressed size, uncompressed size
 
 LAS_MAGIC = b"LASF"
+LAS_DATA_OFFSET = struct.Struct("<I")  # offset to point data, at byte 96 of every LAS header
+LAS_DATA_OFFSET_AT = 96
 LAZ_CHUNK_TABLE_OFFSET = struct.Struct("<q")  # first 8 bytes of LAZ point data
 LAS_16BIT_COLOUR_SHIFT = 8
 
 NPY_COLUMNS = {3: "xyz", 4: "xyz + intensity", 6: "xyz + rgb"}
 NUMERIC_KINDS = "iuf"
+NPY_PREAMBLE_BYTES = 8  # magic string + version
+NPY_HEADER_LENGTH_V1 = struct.Struct("<H")
+NPY_HEADER_LENGTH_V2 = struct.Struct("<I")
 NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0}  # later versions: the 2.0 reader
 
 KITTI_COLUMNS = 4  # x, y, z, reflectance as float32
@@ -116,6 +123,8 @@ def _check_ply_structure(path: Path) -> None:
         raise SampleError("unreadable", f"{path}: no 'ply' magic at the start; not a PLY file")
     end = head.find(PLY_END_HEADER)
     if end < 0:
+        if len(head) < MAX_HEADER_BYTES:
+            raise SampleError("truncated", f"{path}: file ends inside its PLY header")
         raise SampleError("unreadable", f"{path}: no 'end_header' in the first {MAX_HEADER_BYTES} bytes")
     newline = head.find(b"\n", end)
     body_start = newline + 1 if newline >= 0 else len(head)
@@ -185,13 +194,18 @@ def _check_pcd_structure(path: Path) -> None:
         if key.upper() == PCD_DATA_KEY:
             break
     else:
+        looks_like_pcd = head.startswith(PCD_COMMENT_MAGIC) or (fields and set(fields) <= PCD_HEADER_KEYS)
+        if looks_like_pcd and len(head) < MAX_HEADER_BYTES:
+            raise SampleError("truncated", f"{path}: file ends inside its PCD header")
         raise SampleError("unreadable", f"{path}: no PCD header (no DATA line in the first bytes)")
     try:
         names = fields["FIELDS"]
         sizes = [int(v) for v in fields["SIZE"]]
         counts = [int(v) for v in fields.get("COUNT", ["1"] * len(sizes))]
-        points = int(fields["POINTS"][0]) if "POINTS" in fields else math.prod(
-            int(fields[k][0]) for k in ("WIDTH", "HEIGHT")
+        points = (
+            int(fields["POINTS"][0])
+            if "POINTS" in fields
+            else math.prod(int(fields[k][0]) for k in ("WIDTH", "HEIGHT"))
         )
         encoding = fields[PCD_DATA_KEY][0].lower()
     except (KeyError, ValueError, IndexError) as exc:
@@ -269,8 +283,14 @@ def read_las(path: Path, sample_id: str) -> Sample:
     millimetre precision for georeferenced coordinates (~10^6 m); z is unchanged.
     """
     path = Path(path)
-    if not _read_head(path, len(LAS_MAGIC)) == LAS_MAGIC:
+    head = _read_head(path, LAS_DATA_OFFSET_AT + LAS_DATA_OFFSET.size)
+    if not head.startswith(LAS_MAGIC):
         raise SampleError("unreadable", f"{path}: no 'LASF' signature; not a LAS/LAZ file")
+    if len(head) < LAS_DATA_OFFSET_AT + LAS_DATA_OFFSET.size:
+        raise SampleError("truncated", f"{path}: file ends inside its LAS header")
+    (data_offset,) = LAS_DATA_OFFSET.unpack_from(head, LAS_DATA_OFFSET_AT)
+    if path.stat().st_size < data_offset:
+        raise SampleError("truncated", f"{path}: file ends before its point data (byte {data_offset})")
     with unreadable_on_error(path, "LAS/LAZ header"), laspy.open(str(path)) as reader:
         header = reader.header
     _check_las_structure(path, header)
@@ -291,19 +311,36 @@ def read_las(path: Path, sample_id: str) -> Sample:
 
 
 # --------------------------------------------------------------------------------------------- NPY
+def _npy_header_is_cut(path: Path, version: tuple[int, int]) -> bool:
+    """True when the file ends before the header length that its preamble declares."""
+    length_field = NPY_HEADER_LENGTH_V1 if version == (1, 0) else NPY_HEADER_LENGTH_V2
+    with open(path, "rb") as handle:
+        handle.seek(NPY_PREAMBLE_BYTES)
+        raw = handle.read(length_field.size)
+    if len(raw) < length_field.size:
+        return True
+    (length,) = length_field.unpack(raw)
+    return path.stat().st_size < NPY_PREAMBLE_BYTES + length_field.size + length
+
+
 def read_npy(path: Path, sample_id: str) -> Sample:
     """A numeric N×3 (xyz), N×4 (xyz + intensity) or N×6 (xyz + rgb, [0, 1] floats or 0–255) array."""
     path = Path(path)
     try:
         with open(path, "rb") as handle:
-            version = np.lib.format.read_magic(handle)
-            read_header = NPY_HEADER_READERS.get(version, np.lib.format.read_array_header_2_0)
-            shape, _, dtype = read_header(handle)
+            try:
+                version = np.lib.format.read_magic(handle)
+            except ValueError as exc:
+                raise SampleError("unreadable", f"{path}: not a .npy file ({exc})") from None
+            try:
+                read_header = NPY_HEADER_READERS.get(version, np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read_header(handle)
+            except (ValueError, SyntaxError, EOFError) as exc:
+                reason = "truncated" if _npy_header_is_cut(path, version) else "unreadable"
+                raise SampleError(reason, f"{path}: bad .npy header ({exc})") from None
             data_start = handle.tell()
     except OSError as exc:
         raise SampleError("unreadable", f"{path}: cannot open ({exc.strerror or exc})") from None
-    except (ValueError, SyntaxError, EOFError) as exc:
-        raise SampleError("unreadable", f"{path}: not a .npy file ({exc})") from None
     if dtype.kind not in NUMERIC_KINDS:
         raise SampleError("wrong_dtype", f"{path}: array of dtype {dtype} cannot hold points")
     if len(shape) != 2 or shape[1] not in NPY_COLUMNS:
@@ -354,22 +391,25 @@ FILE_READERS: dict[str, Callable[[Path, str], Sample]] = {
 
 
 # ----------------------------------------------------------------------------------- depth images
-def decode_image(data: bytes, what: str) -> np.ndarray:
-    """Decode PNG/JPEG bytes with Pillow; a PNG without its IEND chunk is reported as truncated."""
+def decode_image(data: bytes, what: str, mode: str | None = None) -> np.ndarray:
+    """Decode PNG/JPEG bytes with Pillow (converted to `mode`, e.g. 'RGB', when given).
+
+    A PNG without its IEND chunk is reported as truncated.
+    """
     if data.startswith(PNG_SIGNATURE) and not data.rstrip(b"\x00").endswith(PNG_IEND_CHUNK):
         raise SampleError("truncated", f"{what}: PNG ends before its IEND chunk")
     with unreadable_on_error(what, "image"), Image.open(io.BytesIO(data)) as image:
         image.load()
-        return np.asarray(image)
+        return np.asarray(image if mode is None else image.convert(mode))
 
 
-def read_image(path: Path) -> np.ndarray:
+def read_image(path: Path, mode: str | None = None) -> np.ndarray:
     """Decode an image file (see decode_image)."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise SampleError("unreadable", f"{path}: cannot open ({exc.strerror or exc})") from None
-    return decode_image(data, str(path))
+    return decode_image(data, str(path), mode)
 
 
 def _colour_at_depth_resolution(color: np.ndarray, height: int, width: int, what: str) -> np.ndarray:

@@ -15,8 +15,8 @@ from depthcontrast.data.shards import ShardIndex, read_index
 from depthcontrast.errors import DataError
 from depthcontrast.io_utils import sha256_file
 
-# Per-handle HDF5 chunk cache: holds the chunks one sample spans (a 65,536-point float32 xyz chunk
-# is 768 KiB), so a sample is decompressed once per read.
+# Per-handle HDF5 chunk cache: holds all the chunks one sample spans (a 50k-point float32 xyz
+# sample touches at most 5 chunks of 192 KiB), so each is decompressed once per read.
 CHUNK_CACHE_BYTES = 4 << 20
 
 
@@ -91,11 +91,9 @@ class ShardDataset(Dataset):
         shard = self._shard(k)
         start, stop = int(shard.offsets[local]), int(shard.offsets[local + 1])
         raw = shard.points[start:stop]
-        if shard.xyz_quantum is None:
-            points = raw
-        else:
-            points = np.multiply(raw, shard.xyz_quantum, dtype=np.float32)
-        item: dict[str, Any] = {"points": points}
+        if shard.xyz_quantum is not None:
+            raw = np.multiply(raw, shard.xyz_quantum, dtype=np.float32)
+        item: dict[str, Any] = {"points": raw}
         if shard.features is not None:
             item["features"] = shard.features[start:stop]
         if shard.labels is not None:
@@ -165,8 +163,8 @@ def _open_shard(path: Path) -> _OpenShard:
         return _OpenShard(
             file=h5,
             points=points,
-            features=h5["features"] if "features" in h5 else None,
-            labels=h5["labels"] if "labels" in h5 else None,
+            features=h5.get("features"),
+            labels=h5.get("labels"),
             offsets=h5["offsets"][:],
             sample_ids=list(h5["sample_id"].asstr()[:]),
             xyz_quantum=None if quantum is None else np.float32(quantum),

@@ -20,19 +20,22 @@ import numpy as np
 
 from depthcontrast import __version__
 from depthcontrast.data.records import Sample
-from depthcontrast.errors import DataError
+from depthcontrast.errors import ConfigError, DataError
 from depthcontrast.io_utils import atomic_path, atomic_write_json, sha256_file, sweep_temp_files
 
 SCHEMA_VERSION = 1
 INDEX_NAME = "index.json"
 SHARD_GLOB = "shard-*.h5"
 COMPRESSIONS = ("none", "lz4", "zstd", "gzip", "blosc-lz4")
-# Points per chunk along the point axis: about one depth frame (bench/RESULTS.md, 2026-11-24).
-CHUNK_POINTS = 65536
+# Points per chunk along the point axis: a 50k-point sample spans 4 chunks, so a random read
+# decompresses at most ~1.6x what it returns (bench/RESULTS.md, 2026-11-24).
+CHUNK_POINTS = 16384
 # Format bounds: readers of HDF5 >= 1.10 can open the files, and the chunk index is a fixed array.
 HDF5_LIBVER = ("v110", "v110")
 GZIP_MAX_LEVEL = 9
-QUANTISED_XYZ_DTYPE = np.dtype(np.int32)
+# Quantised xyz is int16 when a shard's values fit (+-32.7 m at 1 mm: depth frames), else int32.
+QUANTISED_XYZ_NARROW = np.iinfo(np.int16)
+QUANTISED_XYZ_WIDE = np.iinfo(np.int32)
 LABEL_DTYPES = (np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.int32))
 
 
@@ -166,7 +169,7 @@ def filter_options(compression: str, level: int, dtype: np.dtype) -> dict[str, A
     if compression == "blosc-lz4":
         mode = hdf5plugin.Blosc.SHUFFLE if shuffle else hdf5plugin.Blosc.NOSHUFFLE
         return dict(hdf5plugin.Blosc(cname="lz4", clevel=level, shuffle=mode))
-    raise ValueError(f"unknown compression {compression!r}; expected one of {COMPRESSIONS}")
+    raise ConfigError(f"unknown compression {compression!r}; expected one of {COMPRESSIONS}")
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,7 @@ class ShardWriter:
     """Write samples into `out_dir/shard-{k:05d}.h5` and, on a clean close, `out_dir/index.json`.
 
     Use as a context manager. An exception inside the `with` leaves complete shards but no index.
+    A shard's samples are held in memory until it is written in one go (samples_per_shard bounds it).
     """
 
     def __init__(
@@ -214,15 +218,14 @@ class ShardWriter:
     ):
         """`chunk_points`: points per chunk; None = CHUNK_POINTS, or contiguous when uncompressed."""
         if compression not in COMPRESSIONS:
-            raise ValueError(f"unknown compression {compression!r}; expected one of {COMPRESSIONS}")
+            raise ConfigError(f"unknown compression {compression!r}; expected one of {COMPRESSIONS}")
         if samples_per_shard < 1 or (chunk_points is not None and chunk_points < 1):
-            raise ValueError("samples_per_shard and chunk_points must be positive")
+            raise ConfigError("samples_per_shard and chunk_points must be positive")
         if xyz_quantum_m is not None and not xyz_quantum_m > 0:
-            raise ValueError(f"xyz_quantum_m must be positive, got {xyz_quantum_m}")
+            raise ConfigError(f"xyz_quantum_m must be positive, got {xyz_quantum_m}")
         self.out_dir = Path(out_dir)
         self.dataset = dataset
         self.source = source
-        self.params = params
         self.params_json = json.dumps(params, sort_keys=True, separators=(",", ":"))
         self.samples_per_shard = samples_per_shard
         self.compression = compression
@@ -299,8 +302,8 @@ class ShardWriter:
             self._layout = _FeatureLayout(names, channels, np.dtype(np.uint8 if all_uint8 else np.float32))
         elif (names, channels) != (self._layout.names, self._layout.channels):
             raise DataError(
-                f"sample {sample.sample_id}: features {dict(zip(names, channels))} differ from the "
-                f"dataset's {dict(zip(self._layout.names, self._layout.channels))}; "
+                f"sample {sample.sample_id}: features {dict(zip(names, channels, strict=True))} differ "
+                f"from the dataset's {dict(zip(self._layout.names, self._layout.channels, strict=True))}; "
                 "all samples of a dataset need the same feature names"
             )
         elif self._layout.dtype == np.uint8 and any(columns[n].dtype != np.uint8 for n in names):
@@ -327,9 +330,8 @@ class ShardWriter:
         counts = np.array([s.num_points for s in samples], dtype=np.int64)
         offsets = np.zeros(len(samples) + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
-        with atomic_path(dest) as tmp:
-            with h5py.File(tmp, "w", libver=HDF5_LIBVER, track_times=False) as h5:
-                self._write_arrays(h5, samples, offsets)
+        with atomic_path(dest) as tmp, h5py.File(tmp, "w", libver=HDF5_LIBVER, track_times=False) as h5:
+            self._write_arrays(h5, samples, offsets)
         first = self._entries[-1].first_sample + self._entries[-1].num_samples if self._entries else 0
         self._entries.append(
             ShardEntry(
@@ -345,11 +347,11 @@ class ShardWriter:
     def _write_arrays(self, h5: h5py.File, samples: list[Sample], offsets: np.ndarray) -> None:
         layout = self._layout
         assert layout is not None
-        points = np.concatenate([np.asarray(s.points) for s in samples])
         if self.xyz_quantum_m is None:
-            points_ds = self._dataset(h5, "points", points.astype(np.float32, copy=False))
+            points = np.concatenate([s.points for s in samples]).astype(np.float32, copy=False)
+            self._dataset(h5, "points", points)
         else:
-            points_ds = self._dataset(h5, "points", self._quantise(points, samples, offsets))
+            points_ds = self._dataset(h5, "points", self._quantise(samples, offsets))
             points_ds.attrs["xyz_quantum_m"] = self.xyz_quantum_m
         if layout.names:
             columns = [_feature_columns(s) for s in samples]
@@ -374,19 +376,25 @@ class ShardWriter:
         attrs["num_samples"] = len(samples)
         attrs["num_points"] = int(offsets[-1])
 
-    def _quantise(self, points: np.ndarray, samples: list[Sample], offsets: np.ndarray) -> np.ndarray:
-        """round(xyz / quantum) as int32; values that do not fit name their sample."""
+    def _quantise(self, samples: list[Sample], offsets: np.ndarray) -> np.ndarray:
+        """round(xyz / quantum) as int16 when the whole shard fits, else int32."""
         assert self.xyz_quantum_m is not None
-        steps = np.rint(points.astype(np.float64) / self.xyz_quantum_m)
-        limit = np.iinfo(QUANTISED_XYZ_DTYPE)
-        bad = ~np.all((steps >= limit.min) & (steps <= limit.max), axis=1)
-        if bad.any():
-            sample = samples[int(np.searchsorted(offsets, np.argmax(bad), side="right")) - 1]
-            raise DataError(
-                f"sample {sample.sample_id}: coordinates out of range for xyz_quantum_m="
-                f"{self.xyz_quantum_m} (non-finite or beyond {limit.max} steps)"
-            )
-        return steps.astype(QUANTISED_XYZ_DTYPE)
+        widest = QUANTISED_XYZ_WIDE
+        steps = np.empty((int(offsets[-1]), 3), dtype=widest.dtype)
+        low, high = 0.0, 0.0
+        for sample, start, stop in zip(samples, offsets[:-1], offsets[1:], strict=True):
+            # one sample at a time: the float64 temporaries stay in cache
+            rounded = np.rint(np.divide(sample.points, self.xyz_quantum_m, dtype=np.float64))
+            sample_low, sample_high = rounded.min(), rounded.max()
+            if not (widest.min <= sample_low and sample_high <= widest.max):  # NaN fails too
+                raise DataError(
+                    f"sample {sample.sample_id}: coordinates out of range for xyz_quantum_m="
+                    f"{self.xyz_quantum_m} (non-finite or beyond {widest.max} steps)"
+                )
+            steps[start:stop] = rounded
+            low, high = min(low, sample_low), max(high, sample_high)
+        narrow = QUANTISED_XYZ_NARROW
+        return steps.astype(narrow.dtype) if narrow.min <= low and high <= narrow.max else steps
 
     def _dataset(self, h5: h5py.File, name: str, data: np.ndarray) -> h5py.Dataset:
         """A dataset chunked along the point axis with the configured codec, or contiguous."""

@@ -56,6 +56,7 @@ def run_preprocess(
         workers,
     )
     quarantine: list[QuarantineEntry] = []
+    features = FeatureSetPolicy()
     kept = 0
     writer = ShardWriter(
         out_dir,
@@ -79,6 +80,8 @@ def run_preprocess(
                     quarantine.append(item)
                     continue
                 entry = _accept(item, unit.source, params)
+                if not isinstance(entry, QuarantineEntry):
+                    entry = features.apply(entry, unit.source)
                 if isinstance(entry, QuarantineEntry):
                     quarantine.append(entry)
                 else:
@@ -90,6 +93,7 @@ def run_preprocess(
                 f"({len(quarantine)} quarantined; see the reasons with --debug or in the log)"
             )
         _write_quarantine(out_dir / QUARANTINE_NAME, dataset, quarantine)
+    features.log_summary(dataset)
     reasons = Counter(entry.reason for entry in quarantine)
     log.info(
         "preprocess %s: %d samples kept, %d quarantined %s",
@@ -99,6 +103,42 @@ def run_preprocess(
         dict(sorted(reasons.items())),
     )
     return {"samples": kept, "quarantined": len(quarantine), "reasons": dict(reasons)}
+
+
+class FeatureSetPolicy:
+    """One feature set per dataset, fixed by its first kept sample (shards need one column layout).
+
+    A later sample with extra features is trimmed to the set (counted and logged); one lacking a
+    feature of the set is quarantined as `missing_features`, never padded with invented values.
+    """
+
+    def __init__(self) -> None:
+        self.names: set[str] | None = None
+        self.trimmed = 0
+
+    def apply(self, sample: Sample, source: str) -> Sample | QuarantineEntry:
+        present = set(sample.features)
+        if self.names is None:
+            self.names = present
+        missing = self.names - present
+        if missing:
+            detail = f"lacks {sorted(missing)} that this dataset's samples have; set preprocess.keep_features"
+            return QuarantineEntry(
+                source=source, sample_id=sample.sample_id, reason="missing_features", detail=detail
+            )
+        if present - self.names:
+            self.trimmed += 1
+            sample.features = {name: sample.features[name] for name in sorted(self.names)}
+        return sample
+
+    def log_summary(self, dataset: str) -> None:
+        if self.trimmed:
+            log.warning(
+                "preprocess %s: kept only features %s (those of the first sample) in %d samples",
+                dataset,
+                sorted(self.names or ()),
+                self.trimmed,
+            )
 
 
 def _accept(sample: Sample, source: str, params: dict[str, Any]) -> Sample | QuarantineEntry:

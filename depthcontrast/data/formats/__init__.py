@@ -1,6 +1,19 @@
 """Dataset formats: turn a manifest's raw files into work units, and a unit into samples.
 
 A *unit* is the smallest piece of work decoded by one worker: one file (PLY, LAS tile, KITTI sweep),
-one depth frame, or one sequence file (ScanNet .sens) that yields many samples. Units are planned in
-a deterministic order; their samples keep that order in the shards.
+one depth frame, or one sequence file (ScanNet .sens, Redwood zip, Waymo segment) that yields many
+samples. Units are planned in a deterministic order; their samples keep that order in the shards.
+
+- `plan_units(manifest, fmt, dataset)`: the units of a dataset (plan.py)
+- `decode_unit(unit, fmt)`: a unit's samples and quarantine entries; picklable, never raises for
+  bad data (decode.py)
+- `official_layout_files(kind, root)`: the raw files of an official ScanNet / Redwood / KITTI /
+  Waymo layout (layouts.py)
 """
+
+from depthcontrast.data.formats.base import Unit
+from depthcontrast.data.formats.decode import decode_unit
+from depthcontrast.data.formats.layouts import official_layout_files
+from depthcontrast.data.formats.plan import plan_units
+
+__all__ = ["Unit", "decode_unit", "official_layout_files", "plan_units"]

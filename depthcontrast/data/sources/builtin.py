@@ -11,7 +11,7 @@ from depthcontrast.io_utils import atomic_path, sha256_file
 
 BUILTIN_DIR = Path(__file__).resolve().parents[2] / "builtin"
 BUILTIN_MANIFEST = BUILTIN_DIR / "MANIFEST.json"
-SUBSET_PREFIXES = {"indoor": ("indoor/",), "lidar": ("lidar/",), "all": ("indoor/", "lidar/")}
+SUBSET_PREFIXES = {"indoor": ("indoor/",), "lidar": ("lidar/",)}
 
 
 def shipped_files(subset: str) -> list[dict]:

@@ -1,0 +1,1 @@
+"""Point-cloud models: PointNet++ backbone, heads and the point ops they use."""

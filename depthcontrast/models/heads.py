@@ -1,0 +1,59 @@
+"""Projection head and the point encoder DepthContrast trains: backbone, global max-pool, head."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import pairwise
+
+import torch
+from torch import nn
+
+from depthcontrast.errors import ConfigError
+from depthcontrast.models.pointnet2 import SA_NPOINTS, PointNet2SSG
+
+DEFAULT_HEAD_DIMS = (512, 512, 128)  # the seed's point head at 1x
+
+
+class MLPHead(nn.Module):
+    """Linear layers of widths `dims` with ReLU between them (none after the last), as `clf`."""
+
+    def __init__(self, dims: Sequence[int]):
+        super().__init__()
+        if len(dims) < 2 or any(not isinstance(d, int) or d < 1 for d in dims):
+            raise ConfigError(f"an MLP head needs at least two positive integer widths, got {list(dims)}")
+        layers: list[nn.Module] = []
+        for i, (cin, cout) in enumerate(pairwise(dims)):
+            if i:
+                layers.append(nn.ReLU(inplace=True))
+            layers.append(nn.Linear(cin, cout))
+        self.clf = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.clf(x)
+
+
+class PointNetEncoder(PointNet2SSG):
+    """PointNet++ backbone + max-pool over fp2 points + MLP head: xyz [B, N, 3] -> embedding [B, dims[-1]].
+
+    Its state_dict keys are the seed's `module.trunk.0.*` keys without that prefix (`sa1...`, `fp2...`,
+    `head.clf.0.weight`). The head's first width must be the backbone's fp2 width.
+    """
+
+    def __init__(
+        self,
+        scale: int = 1,
+        mlp_dims: Sequence[int] = DEFAULT_HEAD_DIMS,
+        npoints: Sequence[int] = SA_NPOINTS,
+        backend: str = "auto",
+    ):
+        super().__init__(scale=scale, npoints=npoints, backend=backend)
+        if mlp_dims[0] != self.out_channels:
+            raise ConfigError(
+                f"the point head's first width must be the fp2 width of a {scale}x PointNet++ "
+                f"({self.out_channels}), got mlp_dims {list(mlp_dims)}"
+            )
+        self.head = MLPHead(mlp_dims)
+
+    def forward(self, xyz: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        fp2 = super().forward(xyz)["fp2_features"]
+        return self.head(fp2.max(dim=2).values)

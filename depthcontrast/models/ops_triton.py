@@ -1,0 +1,149 @@
+"""Triton kernels for farthest-point sampling and ball query on CUDA; `ops` imports this lazily.
+
+Inputs are float32 and contiguous (ops.py sees to it). Kernels read coordinates as three planes
+(x, y and z of a cloud each contiguous) so that loads coalesce. Floating-point fusion is off: each
+multiply and add is rounded on its own, as in the torch path, so both choose the same indices.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+FPS_MAX_BLOCK = 2048  # points one sampling program scans per inner step
+BALL_QUERY_BLOCK = 1024  # points one ball-query program scans per step
+MIN_BLOCK = 16
+POINTS_PER_THREAD = 4  # one 128-bit load of each coordinate plane per thread
+THREADS_PER_WARP = 32
+MAX_WARPS = 16
+BALL_QUERY_WARPS = 4
+NO_FUSION = {"enable_fp_fusion": False}
+
+
+def _block(n: int, cap: int) -> int:
+    return max(MIN_BLOCK, min(cap, triton.next_power_of_2(n)))
+
+
+def _warps(block: int) -> int:
+    return max(1, min(MAX_WARPS, block // (THREADS_PER_WARP * POINTS_PER_THREAD)))
+
+
+def _planes(xyz: torch.Tensor) -> torch.Tensor:
+    """[B, N, 3] -> [B, 3, N] contiguous."""
+    return xyz.transpose(1, 2).contiguous()
+
+
+@triton.jit
+def _fps_kernel(planes_ptr, nearest_ptr, out_ptr, n, npoint, start_index, BLOCK: tl.constexpr):
+    # One program per cloud. nearest[b, j] holds point j's squared distance to the nearest chosen
+    # point; each lane keeps its own running maximum (the lowest index among equals, since lanes
+    # scan in increasing index order with a strict comparison), and two reductions at the end of a
+    # step pick the global maximum with the lowest index.
+    cloud = tl.program_id(0).to(tl.int64)
+    x_ptr = planes_ptr + cloud * 3 * n
+    y_ptr = x_ptr + n
+    z_ptr = y_ptr + n
+    near_ptr = nearest_ptr + cloud * n
+    out = out_ptr + cloud * npoint
+    lanes = tl.arange(0, BLOCK)
+    farthest = tl.zeros([], tl.int32) + start_index
+    for i in range(npoint):
+        tl.store(out + i, farthest.to(tl.int64))
+        cx = tl.load(x_ptr + farthest)
+        cy = tl.load(y_ptr + farthest)
+        cz = tl.load(z_ptr + farthest)
+        best = tl.full([BLOCK], -1.0, tl.float32)
+        best_idx = tl.zeros([BLOCK], tl.int32)
+        for begin in range(0, n, BLOCK):
+            offs = begin + lanes
+            valid = offs < n
+            dx = tl.load(x_ptr + offs, mask=valid, other=0.0) - cx
+            dy = tl.load(y_ptr + offs, mask=valid, other=0.0) - cy
+            dz = tl.load(z_ptr + offs, mask=valid, other=0.0) - cz
+            d = dx * dx + dy * dy + dz * dz
+            old = tl.load(near_ptr + offs, mask=valid, other=0.0)
+            closer = valid & (d < old)  # late in sampling few points move closer: few stores
+            tl.store(near_ptr + offs, d, mask=closer)
+            near = tl.where(closer, d, old)
+            near = tl.where(valid, near, -1.0)
+            better = near > best
+            best = tl.where(better, near, best)
+            best_idx = tl.where(better, offs, best_idx)
+        top = tl.max(best, axis=0)
+        farthest = tl.min(tl.where(best == top, best_idx, n), axis=0)
+
+
+@triton.jit
+def _ball_query_kernel(
+    planes_ptr, centres_ptr, out_ptr, n, m, radius2, nsample, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
+):
+    # One program per centre: scan the cloud in index order, a block at a time, writing each point
+    # inside the ball to its rank among those found so far, until nsample are found or the cloud ends;
+    # then fill the remaining slots with the first index found (0 for an empty ball).
+    query = tl.program_id(0).to(tl.int64)
+    cloud = query // m
+    x_ptr = planes_ptr + cloud * 3 * n
+    y_ptr = x_ptr + n
+    z_ptr = y_ptr + n
+    cx = tl.load(centres_ptr + query * 3)
+    cy = tl.load(centres_ptr + query * 3 + 1)
+    cz = tl.load(centres_ptr + query * 3 + 2)
+    out = out_ptr + query * nsample
+    lanes = tl.arange(0, BLOCK_N)
+    found = tl.zeros([], tl.int32)
+    first = tl.zeros([], tl.int32)
+    begin = tl.zeros([], tl.int32)
+    while (begin < n) & (found < nsample):
+        offs = begin + lanes
+        valid = offs < n
+        dx = tl.load(x_ptr + offs, mask=valid, other=0.0) - cx
+        dy = tl.load(y_ptr + offs, mask=valid, other=0.0) - cy
+        dz = tl.load(z_ptr + offs, mask=valid, other=0.0) - cz
+        inside = ((dx * dx + dy * dy + dz * dz) < radius2) & valid
+        hits = inside.to(tl.int32)
+        slot = found + tl.cumsum(hits, axis=0) - 1
+        tl.store(out + slot, offs.to(tl.int64), mask=inside & (slot < nsample))
+        count = tl.sum(hits, axis=0)
+        lowest = tl.min(tl.where(inside, offs, n), axis=0)
+        first = tl.where((found == 0) & (count > 0), lowest, first)
+        found += count
+        begin += BLOCK_N
+    slots = tl.arange(0, BLOCK_K)
+    pad = tl.zeros([BLOCK_K], tl.int64) + first.to(tl.int64)
+    tl.store(out + slots, pad, mask=(slots >= found) & (slots < nsample))
+
+
+def farthest_point_sample(xyz: torch.Tensor, npoint: int, start_index: int) -> torch.Tensor:
+    """ops.farthest_point_sample for float32 contiguous CUDA xyz [B, N, 3] (arguments already checked)."""
+    batch, n, _ = xyz.shape
+    nearest = torch.full((batch, n), float("inf"), dtype=torch.float32, device=xyz.device)
+    out = torch.empty(batch, npoint, dtype=torch.long, device=xyz.device)
+    block = _block(n, FPS_MAX_BLOCK)
+    _fps_kernel[(batch,)](
+        _planes(xyz), nearest, out, n, npoint, start_index, BLOCK=block, num_warps=_warps(block), **NO_FUSION
+    )
+    return out
+
+
+def ball_query(xyz: torch.Tensor, centres: torch.Tensor, radius2: float, nsample: int) -> torch.Tensor:
+    """ops.ball_query for float32 contiguous CUDA tensors, with the float32 squared radius."""
+    batch, n, _ = xyz.shape
+    m = centres.shape[1]
+    out = torch.empty(batch, m, nsample, dtype=torch.long, device=xyz.device)
+    if batch * m == 0:
+        return out
+    _ball_query_kernel[(batch * m,)](
+        _planes(xyz),
+        centres,
+        out,
+        n,
+        m,
+        radius2,
+        nsample,
+        BLOCK_N=_block(n, BALL_QUERY_BLOCK),
+        BLOCK_K=_block(nsample, triton.next_power_of_2(nsample)),
+        num_warps=BALL_QUERY_WARPS,
+        **NO_FUSION,
+    )
+    return out

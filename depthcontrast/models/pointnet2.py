@@ -1,0 +1,184 @@
+"""PointNet++ single-scale-grouping backbone of DepthContrast (SEED_FACTS §5.2), widths 1x to 4x.
+
+Four set-abstraction (SA) levels sample centres by farthest-point sampling, group up to `nsample`
+neighbours within a radius (offsets to the centre divided by the radius, then the neighbours'
+features), run a shared MLP and max-pool over the neighbourhood. Two feature-propagation (FP)
+levels interpolate back from sa4 to sa3 and from sa3 to sa2. Module names reproduce the seed's
+state_dict keys (`sa1.mlp_module.layer0.conv.weight`, `fp2.mlp.layer1.bn.bn.weight`, ...) so its
+checkpoints load and ours load into its VoteNet fork.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import pairwise
+
+import torch
+from torch import nn
+
+from depthcontrast.errors import ConfigError
+from depthcontrast.models import ops
+
+SA_NPOINTS = (2048, 1024, 512, 256)
+SA_RADII = (0.2, 0.4, 0.8, 1.2)
+SA_NSAMPLES = (64, 32, 16, 16)
+SA_WIDTHS = ((64, 64, 128), (128, 128, 256), (128, 128, 256), (128, 128, 256))  # times the scale
+FP_WIDTH_1X = 512  # the seed's 1x FP layers are [.., 512, 512]; wider ones are [.., 256s, 256s]
+FP_WIDTH_PER_SCALE = 256
+FP_LAYERS = 2
+XYZ_CHANNELS = 3
+
+
+def fp_width(scale: int) -> int:
+    """Output channels of fp1 and fp2: 512 at 1x and 2x, 768 at 3x, 1024 at 4x."""
+    return FP_WIDTH_1X if scale == 1 else FP_WIDTH_PER_SCALE * scale
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm2d held as `.bn`, reproducing the seed's `...bn.bn.weight` keys."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(x)
+
+
+class ConvBNReLU(nn.Module):
+    """1x1 Conv2d without bias, BatchNorm, ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
+        nn.init.kaiming_normal_(self.conv.weight)
+        self.bn = BatchNorm(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn(self.conv(x)))
+
+
+class SharedMLP(nn.Sequential):
+    """ConvBNReLU layers `layer0`, `layer1`, ... of the given widths (first = input channels)."""
+
+    def __init__(self, widths: Sequence[int]):
+        super().__init__()
+        for i, (cin, cout) in enumerate(pairwise(widths)):
+            self.add_module(f"layer{i}", ConvBNReLU(cin, cout))
+
+
+class SetAbstraction(nn.Module):
+    """One SA level: sample `npoint` centres, group within `radius`, shared MLP, max-pool."""
+
+    def __init__(
+        self, npoint: int, radius: float, nsample: int, widths: Sequence[int], backend: str = "auto"
+    ):
+        super().__init__()
+        self.npoint, self.radius, self.nsample, self.backend = npoint, radius, nsample, backend
+        self.mlp_module = SharedMLP(widths)
+
+    def forward(
+        self, xyz: torch.Tensor, features: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """xyz [B, N, 3], features [B, C, N] or None -> centres [B, M, 3], features [B, C', M], inds."""
+        inds = ops.farthest_point_sample(xyz, self.npoint, backend=self.backend)
+        centres = ops.gather_points(xyz, inds)
+        idx = ops.ball_query(xyz, centres, self.radius, self.nsample, backend=self.backend)
+        offsets = ops.group(xyz.transpose(1, 2).contiguous(), idx) - centres.transpose(1, 2)[..., None]
+        grouped = offsets / self.radius
+        if features is not None:
+            grouped = torch.cat([grouped.to(features.dtype), ops.group(features, idx)], dim=1)
+        return centres, self.mlp_module(grouped).max(dim=-1).values, inds
+
+
+class FeaturePropagation(nn.Module):
+    """One FP level: interpolate known features onto unknown points, concatenate the skip, shared MLP."""
+
+    def __init__(self, widths: Sequence[int]):
+        super().__init__()
+        self.mlp = SharedMLP(widths)
+
+    def forward(
+        self,
+        unknown_xyz: torch.Tensor,
+        known_xyz: torch.Tensor,
+        unknown_features: torch.Tensor,
+        known_features: torch.Tensor,
+    ) -> torch.Tensor:
+        """[B, n, 3], [B, m, 3], [B, C1, n], [B, C2, m] -> [B, C', n]."""
+        interpolated = ops.three_nn_interpolate(unknown_xyz, known_xyz, known_features)
+        stacked = torch.cat([interpolated, unknown_features.to(interpolated.dtype)], dim=1)
+        return self.mlp(stacked[..., None])[..., 0]
+
+
+def _check_architecture(scale: int, npoints: Sequence[int]) -> None:
+    if not isinstance(scale, int) or isinstance(scale, bool) or scale < 1:
+        raise ConfigError(f"PointNet++ scale must be a positive integer (1 to 4 in the paper), got {scale!r}")
+    if len(npoints) != len(SA_NPOINTS) or any(not isinstance(n, int) or n < 1 for n in npoints):
+        raise ConfigError(
+            f"PointNet++ npoints must be {len(SA_NPOINTS)} positive integers, got {list(npoints)}"
+        )
+    if any(later > earlier for earlier, later in pairwise(npoints)):
+        raise ConfigError(
+            f"PointNet++ npoints must not increase from one level to the next, got {list(npoints)}"
+        )
+    if npoints[-1] < ops.NUM_NEIGHBOURS:
+        raise ConfigError(f"PointNet++ needs at least {ops.NUM_NEIGHBOURS} sa4 points to interpolate from")
+
+
+class PointNet2SSG(nn.Module):
+    """The seed's PointNet++ SSG backbone at width `scale`; `npoints` sets the SA centre counts.
+
+    `backend` picks the point-op implementation ("auto", "torch" or "triton"; see ops.py).
+    """
+
+    def __init__(
+        self,
+        scale: int = 1,
+        input_feature_dim: int = 0,
+        npoints: Sequence[int] = SA_NPOINTS,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        _check_architecture(scale, npoints)
+        self.scale, self.input_feature_dim = scale, input_feature_dim
+        in_channels = input_feature_dim
+        for level, (npoint, radius, nsample, widths) in enumerate(
+            zip(npoints, SA_RADII, SA_NSAMPLES, SA_WIDTHS, strict=True), start=1
+        ):
+            scaled = [w * scale for w in widths]
+            sa = SetAbstraction(npoint, radius, nsample, [in_channels + XYZ_CHANNELS, *scaled], backend)
+            self.add_module(f"sa{level}", sa)
+            in_channels = scaled[-1]
+        sa2_channels, sa3_channels = SA_WIDTHS[1][-1] * scale, SA_WIDTHS[2][-1] * scale
+        width = fp_width(scale)
+        self.fp1 = FeaturePropagation([sa3_channels + in_channels] + [width] * FP_LAYERS)
+        self.fp2 = FeaturePropagation([sa2_channels + width] + [width] * FP_LAYERS)
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of `fp2_features`."""
+        return fp_width(self.scale)
+
+    def forward(self, xyz: torch.Tensor, features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """xyz [B, N, 3] (and features [B, input_feature_dim, N]) -> the seed's end points.
+
+        Keys: sa{1..4}_{xyz,features,inds}, fp1_features, fp2_features [B, C, M2], fp2_xyz [B, M2, 3]
+        and fp2_inds [B, M2] (indices into the input cloud), with M2 = npoints[1].
+        """
+        if (features is None) != (self.input_feature_dim == 0):
+            raise ValueError(f"the backbone was built for {self.input_feature_dim} input feature channels")
+        out: dict[str, torch.Tensor] = {}
+        for level in range(1, len(SA_NPOINTS) + 1):
+            xyz, features, inds = getattr(self, f"sa{level}")(xyz, features)
+            out[f"sa{level}_xyz"], out[f"sa{level}_features"], out[f"sa{level}_inds"] = xyz, features, inds
+        out["fp1_features"] = self.fp1(
+            out["sa3_xyz"], out["sa4_xyz"], out["sa3_features"], out["sa4_features"]
+        )
+        out["fp2_features"] = self.fp2(
+            out["sa2_xyz"], out["sa3_xyz"], out["sa2_features"], out["fp1_features"]
+        )
+        out["fp2_xyz"] = out["sa2_xyz"]
+        out["fp2_inds"] = torch.gather(out["sa1_inds"], 1, out["sa2_inds"])
+        return out
