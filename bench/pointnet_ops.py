@@ -55,9 +55,7 @@ def synthetic_rooms(batch: int, n: int, device: torch.device, seed: int = 0) -> 
     extent = 0.3 + torch.rand(batch, FURNITURE_BOXES, 3, generator=g) * torch.tensor([1.2, 1.2, 0.8])
     box = torch.randint(0, FURNITURE_BOXES, (batch, counts[2]), generator=g)
     pick = box[..., None].expand(-1, -1, 3)
-    furniture = torch.gather(lo, 1, pick) + torch.rand(batch, counts[2], 3, generator=g) * torch.gather(
-        extent, 1, pick
-    )
+    furniture = torch.gather(lo, 1, pick) + torch.rand(batch, counts[2], 3, generator=g) * torch.gather(extent, 1, pick)
     furniture[..., 2] = torch.gather(lo + extent, 1, pick)[..., 2]  # table tops
     cloud = torch.cat([floor, walls, furniture], dim=1)
     cloud = cloud + torch.randn(cloud.shape, generator=g) * NOISE_M
@@ -91,17 +89,13 @@ def report(name: str, torch_ms: float | None, triton_ms: float, seed_ms: float |
 
 def bench_ops(clouds: torch.Tensor) -> None:
     npoint, radius, nsample = SA_NPOINTS[0], SA_RADII[0], SA_NSAMPLES[0]
-    fps = {
-        b: time_ms(lambda b=b: ops.farthest_point_sample(clouds, npoint, backend=b))
-        for b in ("torch", "triton")
-    }
+    fps = {b: time_ms(lambda b=b: ops.farthest_point_sample(clouds, npoint, backend=b)) for b in ("torch", "triton")}
     report(f"FPS {clouds.shape[1]} -> {npoint} x {clouds.shape[0]}", fps["torch"], fps["triton"], SEED_FPS_MS)
     centres = ops.gather_points(clouds, ops.farthest_point_sample(clouds, npoint))
     idx = ops.ball_query(clouds, centres, radius, nsample)
     filled = (idx != idx[..., :1]).sum(-1).add(1).float().mean().item()
     bq = {
-        b: time_ms(lambda b=b: ops.ball_query(clouds, centres, radius, nsample, backend=b))
-        for b in ("torch", "triton")
+        b: time_ms(lambda b=b: ops.ball_query(clouds, centres, radius, nsample, backend=b)) for b in ("torch", "triton")
     }
     report(f"ball query r={radius} k={nsample} ({filled:.1f} distinct/ball)", bq["torch"], bq["triton"])
 
@@ -109,11 +103,7 @@ def bench_ops(clouds: torch.Tensor) -> None:
 def bench_model(clouds: torch.Tensor) -> None:
     models = {b: PointNet2SSG(scale=1, backend=b).cuda().train() for b in ("torch", "triton")}
     for dtype in (torch.float32, torch.bfloat16):
-        autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16)
-            if dtype == torch.bfloat16
-            else contextlib.nullcontext()
-        )
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dtype == torch.bfloat16 else contextlib.nullcontext()
         label = "fp32" if dtype == torch.float32 else "bf16 autocast"
 
         def forward(backend: str, autocast=autocast) -> torch.Tensor:

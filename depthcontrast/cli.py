@@ -57,6 +57,58 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
     print(json.dumps(summary, sort_keys=True))
 
 
+def _run_settings(args: argparse.Namespace) -> tuple[dict, list[Path]]:
+    """The run's validated settings and shard folders: from --config/--run, or --run-json from the workflow."""
+    from depthcontrast.config import load_config
+
+    if args.run_json:
+        run = json.loads(args.run_json)
+        shards = [Path(p) for p in args.shards]
+    else:
+        config = load_config(args.config)
+        if args.run not in config["pretrain"]:
+            known = ", ".join(sorted(config["pretrain"])) or "none"
+            raise ConfigError(f"{args.config}: no pretrain run {args.run!r} (configured: {known})")
+        run = config["pretrain"][args.run]
+        shards = [Path(p) for p in args.shards] or [
+            Path(args.results) / "shards" / d for d in run["datasets"]
+        ]
+    return run, shards
+
+
+def _pretrain_worker(local: int, args: argparse.Namespace, run: dict, shards: list[Path]) -> None:
+    """One process of the seed-style `--multiprocessing-distributed` launch (mp.spawn target)."""
+    from depthcontrast.launch import world_from_seed_flags
+    from depthcontrast.train import pretrain
+
+    setup_logging(args.log, debug=args.debug)
+    world = world_from_seed_flags(args.rank, args.world_size, args.ngpus, local, args.dist_url)
+    code = pretrain(args.run, run, shards, _pretrain_out(args), world, resume=args.resume, device=args.device)
+    if code:
+        sys.exit(code)
+
+
+def _pretrain_out(args: argparse.Namespace) -> Path:
+    return Path(args.out or Path(args.results) / "pretrain" / args.run)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from depthcontrast.launch import world_from_environment
+    from depthcontrast.train import EXIT_REQUEUE, pretrain
+
+    run, shards = _run_settings(args)
+    if args.multiprocessing_distributed:
+        import torch.multiprocessing as mp
+
+        try:
+            mp.spawn(_pretrain_worker, args=(args, run, shards), nprocs=args.ngpus, join=True)
+        except mp.ProcessExitedException as exc:
+            return EXIT_REQUEUE if exc.exit_code == EXIT_REQUEUE else 1
+        return 0
+    world = world_from_environment()
+    return pretrain(args.run, run, shards, _pretrain_out(args), world, resume=args.resume, device=args.device)
+
+
 def cmd_inspect(args: argparse.Namespace) -> None:
     from depthcontrast.data.shard_dataset import ShardDataset
 
@@ -96,6 +148,26 @@ def build_parser() -> argparse.ArgumentParser:
             stage.add_argument("--manifest", help="default: results/raw/<dataset>/MANIFEST.json")
             stage.add_argument("--workers", type=int, default=os.cpu_count() or 1)
 
+    train = sub.add_parser(
+        "pretrain",
+        help="DepthContrast pretraining of one run (torchrun, srun, or the seed's --multiprocessing-distributed)",
+    )
+    train.add_argument("--config", default="config.yaml")
+    train.add_argument("--run", required=True, help="a name under `pretrain:` in the config")
+    train.add_argument("--run-json", help=argparse.SUPPRESS)  # the workflow passes the validated run block
+    train.add_argument("--shards", nargs="*", default=[], help="shard folders (default: the run's datasets)")
+    train.add_argument("--results", default="results")
+    train.add_argument("--out", help="output folder (default: results/pretrain/<run>)")
+    train.add_argument("--resume", action="store_true", help="continue from <out>/resume/last.pth if present")
+    train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    seed_flags = train.add_argument_group("the seed's launcher flags (one node spawns --ngpus processes)")
+    seed_flags.add_argument("--multiprocessing-distributed", action="store_true")
+    seed_flags.add_argument("--world-size", type=int, default=1, help="number of nodes")
+    seed_flags.add_argument("--rank", type=int, default=0, help="this node's rank")
+    seed_flags.add_argument("--ngpus", type=int, default=1, help="processes (GPUs) per node")
+    seed_flags.add_argument("--dist-url", default="tcp://localhost:15475")
+    train.set_defaults(func=cmd_pretrain)
+
     inspect = sub.add_parser("inspect", help="summarise a folder of shards (checks sha256 by default)")
     inspect.add_argument("shard_dir")
     inspect.add_argument("--head", type=int, default=5)
@@ -108,13 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log, debug=args.debug)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except DepthContrastError as exc:
         if args.debug:
             raise
         print(f"depthcontrast: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    return 0
 
 
 if __name__ == "__main__":

@@ -222,6 +222,4 @@ def test_pointnet2_forward_with_triton_ops_matches_forced_torch_ops() -> None:
     for key in ("sa1_inds", "sa2_inds", "sa3_inds", "sa4_inds", "fp2_inds"):
         assert torch.equal(got[key], expected[key]), key
     assert got["fp2_features"].shape == (2, 512, 1024)
-    torch.testing.assert_close(
-        got["fp2_features"], expected["fp2_features"], atol=FORWARD_TOL, rtol=FORWARD_TOL
-    )
+    torch.testing.assert_close(got["fp2_features"], expected["fp2_features"], atol=FORWARD_TOL, rtol=FORWARD_TOL)

@@ -15,8 +15,8 @@ from depthcontrast.data.shards import ShardIndex, read_index
 from depthcontrast.errors import DataError
 from depthcontrast.io_utils import sha256_file
 
-# Per-handle HDF5 chunk cache: holds all the chunks one sample spans (a 50k-point float32 xyz
-# sample touches at most 5 chunks of 192 KiB), so each is decompressed once per read.
+# Per-dataset HDF5 chunk cache: holds all the chunks one sample spans (a 50k-point float32 xyz
+# sample touches at most 8 chunks of 96 KiB), so each is decompressed once per read.
 CHUNK_CACHE_BYTES = 4 << 20
 
 
@@ -122,7 +122,8 @@ class ShardDataset(Dataset):
     def _shard(self, k: int) -> _OpenShard:
         """The open handle of shard k in this process, opening (and verifying) it on first use."""
         if self._pid != os.getpid():
-            # Forked: the parent's HDF5 handles must not be used (nor closed) here.
+            # Forked: the parent's HDF5 handles must not be used here; dropping this process's
+            # copies of them leaves the parent's open files untouched.
             self._open = {}
             self._pid = os.getpid()
         shard = self._open.get(k)

@@ -27,9 +27,9 @@ SCHEMA_VERSION = 1
 INDEX_NAME = "index.json"
 SHARD_GLOB = "shard-*.h5"
 COMPRESSIONS = ("none", "lz4", "zstd", "gzip", "blosc-lz4")
-# Points per chunk along the point axis: a 50k-point sample spans 4 chunks, so a random read
-# decompresses at most ~1.6x what it returns (bench/RESULTS.md, 2026-11-24).
-CHUNK_POINTS = 16384
+# Points per chunk along the point axis: a 50k-point sample spans 7-8 chunks, so a random read
+# decompresses at most ~1.3x what it returns; 8k read fastest of 8k-64k (bench/RESULTS.md, 2026-11-24).
+CHUNK_POINTS = 8192
 # Format bounds: readers of HDF5 >= 1.10 can open the files, and the chunk index is a fixed array.
 HDF5_LIBVER = ("v110", "v110")
 GZIP_MAX_LEVEL = 9

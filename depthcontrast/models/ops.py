@@ -53,8 +53,7 @@ def resolve_backend(tensor: torch.Tensor, backend: str = "auto") -> str:
     usable = tensor.is_cuda and _triton_module() is not None
     if choice == "triton" and not usable:
         raise ValueError(
-            "point-op backend 'triton' needs a CUDA tensor and an importable Triton "
-            f"(tensor on {tensor.device})"
+            f"point-op backend 'triton' needs a CUDA tensor and an importable Triton (tensor on {tensor.device})"
         )
     return "triton" if usable else "torch"
 
@@ -76,9 +75,7 @@ def squared_distances(points: torch.Tensor, centres: torch.Tensor) -> torch.Tens
     return dx * dx + dy * dy + dz * dz
 
 
-def farthest_point_sample(
-    xyz: torch.Tensor, npoint: int, start_index: int = 0, backend: str = "auto"
-) -> torch.Tensor:
+def farthest_point_sample(xyz: torch.Tensor, npoint: int, start_index: int = 0, backend: str = "auto") -> torch.Tensor:
     """Indices int64 [B, npoint] of iterative farthest-point sampling of xyz [B, N, 3]."""
     _check_points("xyz", xyz)
     n = xyz.shape[1]
@@ -148,8 +145,7 @@ def group(features: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Gather features [B, C, N] at idx [B, M, K] into [B, C, M, K]; differentiable in features."""
     if features.dim() != 3 or idx.dim() != 3 or features.shape[0] != idx.shape[0]:
         raise ValueError(
-            "group needs features [B, C, N] and idx [B, M, K], "
-            f"got {list(features.shape)} and {list(idx.shape)}"
+            f"group needs features [B, C, N] and idx [B, M, K], got {list(features.shape)} and {list(idx.shape)}"
         )
     batch, channels, _ = features.shape
     _, m, k = idx.shape
@@ -180,9 +176,7 @@ def three_nn(unknown: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, 
     return torch.cat(dists, dim=1), torch.cat(idxs, dim=1)
 
 
-def three_nn_interpolate(
-    unknown: torch.Tensor, known: torch.Tensor, known_feats: torch.Tensor
-) -> torch.Tensor:
+def three_nn_interpolate(unknown: torch.Tensor, known: torch.Tensor, known_feats: torch.Tensor) -> torch.Tensor:
     """Features [B, C, n] at unknown [B, n, 3], inverse-distance weighted from known [B, m, 3] / [B, C, m]."""
     if known_feats.dim() != 3 or known_feats.shape[2] != known.shape[1]:
         raise ValueError(

@@ -71,9 +71,7 @@ class SharedMLP(nn.Sequential):
 class SetAbstraction(nn.Module):
     """One SA level: sample `npoint` centres, group within `radius`, shared MLP, max-pool."""
 
-    def __init__(
-        self, npoint: int, radius: float, nsample: int, widths: Sequence[int], backend: str = "auto"
-    ):
+    def __init__(self, npoint: int, radius: float, nsample: int, widths: Sequence[int], backend: str = "auto"):
         super().__init__()
         self.npoint, self.radius, self.nsample, self.backend = npoint, radius, nsample, backend
         self.mlp_module = SharedMLP(widths)
@@ -116,13 +114,9 @@ def _check_architecture(scale: int, npoints: Sequence[int]) -> None:
     if not isinstance(scale, int) or isinstance(scale, bool) or scale < 1:
         raise ConfigError(f"PointNet++ scale must be a positive integer (1 to 4 in the paper), got {scale!r}")
     if len(npoints) != len(SA_NPOINTS) or any(not isinstance(n, int) or n < 1 for n in npoints):
-        raise ConfigError(
-            f"PointNet++ npoints must be {len(SA_NPOINTS)} positive integers, got {list(npoints)}"
-        )
+        raise ConfigError(f"PointNet++ npoints must be {len(SA_NPOINTS)} positive integers, got {list(npoints)}")
     if any(later > earlier for earlier, later in pairwise(npoints)):
-        raise ConfigError(
-            f"PointNet++ npoints must not increase from one level to the next, got {list(npoints)}"
-        )
+        raise ConfigError(f"PointNet++ npoints must not increase from one level to the next, got {list(npoints)}")
     if npoints[-1] < ops.NUM_NEIGHBOURS:
         raise ConfigError(f"PointNet++ needs at least {ops.NUM_NEIGHBOURS} sa4 points to interpolate from")
 
@@ -173,12 +167,8 @@ class PointNet2SSG(nn.Module):
         for level in range(1, len(SA_NPOINTS) + 1):
             xyz, features, inds = getattr(self, f"sa{level}")(xyz, features)
             out[f"sa{level}_xyz"], out[f"sa{level}_features"], out[f"sa{level}_inds"] = xyz, features, inds
-        out["fp1_features"] = self.fp1(
-            out["sa3_xyz"], out["sa4_xyz"], out["sa3_features"], out["sa4_features"]
-        )
-        out["fp2_features"] = self.fp2(
-            out["sa2_xyz"], out["sa3_xyz"], out["sa2_features"], out["fp1_features"]
-        )
+        out["fp1_features"] = self.fp1(out["sa3_xyz"], out["sa4_xyz"], out["sa3_features"], out["sa4_features"])
+        out["fp2_features"] = self.fp2(out["sa2_xyz"], out["sa3_xyz"], out["sa2_features"], out["fp1_features"])
         out["fp2_xyz"] = out["sa2_xyz"]
         out["fp2_inds"] = torch.gather(out["sa1_inds"], 1, out["sa2_inds"])
         return out

@@ -1,0 +1,80 @@
+"""Two augmented views per sample, read from shards: the pretraining input pipeline.
+
+Randomness is stateless: the views of sample i in epoch e come from a generator seeded with
+(seed, e, i), so results do not depend on the number of DataLoader workers or on where a resumed
+run restarts.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import ConcatDataset, Dataset
+
+from depthcontrast.data.augment import (
+    INDOOR_SEED_AUGMENTATIONS,
+    LIDAR_SEED_AUGMENTATIONS,
+    Compose,
+    build_transforms,
+    two_views,
+)
+from depthcontrast.data.shard_dataset import ShardDataset
+from depthcontrast.errors import ConfigError
+
+AUGMENTATION_PRESETS = {"indoor": INDOOR_SEED_AUGMENTATIONS, "lidar": LIDAR_SEED_AUGMENTATIONS}
+RESAMPLERS = ("resample", "resample_lidar")
+
+
+def augmentation_specs(
+    preset: str, overrides: Mapping[str, Mapping[str, Any]], points_per_view: int
+) -> list[dict[str, Any]]:
+    """The preset's augmentation list with per-name parameter overrides and the final point count set."""
+    specs = copy.deepcopy(AUGMENTATION_PRESETS[preset])
+    names = [spec["name"] for spec in specs]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"augmentation_overrides: {unknown} not in the {preset} preset ({', '.join(names)})"
+        )
+    for spec in specs:
+        spec.update(overrides.get(spec["name"], {}))
+        if spec["name"] in RESAMPLERS:
+            spec["npoints"] = points_per_view
+    return specs
+
+
+class TwoViewDataset(Dataset):
+    """Item i → {"view_a": float32 [N, 3], "view_b": float32 [N, 3], "index": i}, over several shard dirs."""
+
+    def __init__(self, shard_dirs: Sequence[Path], transforms: Compose, seed: int, verify: bool = True):
+        self.source = ConcatDataset([ShardDataset(Path(d), verify=verify) for d in shard_dirs])
+        self.transforms = transforms
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call before creating the epoch's DataLoader iterator (workers copy the dataset then)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        points = self.source[index]["points"]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        view_a, view_b = two_views(points, self.transforms, rng)
+        return {
+            "view_a": np.ascontiguousarray(view_a.xyz, dtype=np.float32),
+            "view_b": np.ascontiguousarray(view_b.xyz, dtype=np.float32),
+            "index": index,
+        }
+
+
+def build_view_dataset(shard_dirs: Sequence[Path], run: Mapping[str, Any]) -> TwoViewDataset:
+    """The dataset a pretraining run (validated config block) trains on."""
+    specs = augmentation_specs(run["augmentations"], run["augmentation_overrides"], run["points_per_view"])
+    return TwoViewDataset(shard_dirs, build_transforms(specs), seed=run["seed"])

@@ -1,0 +1,343 @@
+"""The pretraining loop: one process per GPU (or one CPU process), resumable bit-for-bit.
+
+Files under the run's output folder:
+  resume/last.pth     rolling checkpoint (every epoch and on SIGTERM/SIGUSR1); `--resume` reads it
+  resume/metrics.csv  rows up to the rolling checkpoint's step
+  checkpoint-ep{E}.pth  weights after E finished epochs, every `checkpoint_every_epochs`
+  last.pth, metrics.csv, config.yaml   written when the run completes (the workflow's outputs)
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import shutil
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from depthcontrast.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from depthcontrast.data.sampler import ResumableDistributedSampler
+from depthcontrast.data.views import build_view_dataset
+from depthcontrast.errors import ConfigError
+from depthcontrast.io_utils import atomic_path, atomic_write_bytes
+from depthcontrast.launch import WorldInfo, destroy_process_group, device_for, init_process_group
+from depthcontrast.method import DepthContrast
+from depthcontrast.models.heads import PointNetEncoder
+from depthcontrast.models.pointnet2 import fp_width
+
+log = logging.getLogger(__name__)
+EXIT_REQUEUE = 75  # sysexits EX_TEMPFAIL: stopped by a signal after checkpointing; rerun with --resume
+REQUEUE_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+METRIC_FIELDS = (
+    "epoch", "step", "global_step", "lr", "loss", "npid", "npid_other", "cmc_p2i", "cmc_i2p",
+    "samples_per_s", "data_s", "compute_s", "gpu_mem_gib",
+)  # fmt: skip
+# settings that may change between a checkpoint and its resumption (extend a run, change logging)
+RESUMABLE_CHANGES = ("epochs", "log_every_steps", "checkpoint_every_epochs", "num_workers", "enabled")
+
+
+def learning_rate(run: Mapping[str, Any], epoch: int, step: int, steps_per_epoch: int) -> float:
+    """Cosine (the seed's per-epoch CosineAnnealingLR by default) with optional linear warmup."""
+    base, schedule = run["optimizer"]["lr"], run["schedule"]
+    progress = epoch + (step / steps_per_epoch if schedule["per_step"] else 0.0)
+    warmup = schedule["warmup_epochs"]
+    if warmup and progress < warmup:
+        return base * (progress + (1.0 / steps_per_epoch)) / warmup
+    if schedule["name"] == "constant":
+        return base
+    final = schedule["final_lr"]
+    return final + (base - final) * 0.5 * (1.0 + math.cos(math.pi * progress / run["epochs"]))
+
+
+def build_model(run: Mapping[str, Any]) -> DepthContrast:
+    """DepthContrast with a PointNet++ point encoder as the run's config says."""
+    backbone, loss = run["backbone"], run["loss"]
+    head = backbone["head_dims"] or [fp_width(backbone["scale"]), 512, loss["embedding_dim"]]
+    if head[-1] != loss["embedding_dim"]:
+        raise ConfigError(
+            f"backbone.head_dims ends with {head[-1]}, but loss.embedding_dim is {loss['embedding_dim']}"
+        )
+
+    def point_encoder() -> PointNetEncoder:
+        return PointNetEncoder(scale=backbone["scale"], mlp_dims=head, npoints=backbone["npoints"])
+
+    return DepthContrast(
+        {"point": point_encoder},
+        queue_size=loss["num_negatives"],
+        embedding_dim=loss["embedding_dim"],
+        temperature=loss["temperature"],
+        momentum=loss["momentum"],
+    )
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGUSR1 (Slurm pre-emption or time limit); checked between steps on every rank."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in REQUEUE_SIGNALS}
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.signal = signum
+
+    def agreed(self, device: torch.device, world: WorldInfo) -> bool:
+        """True on every rank as soon as any rank was signalled."""
+        raised = torch.tensor([1 if self.signal is not None else 0], device=device)
+        if world.distributed:
+            dist.all_reduce(raised, op=dist.ReduceOp.MAX)
+        return bool(raised.item())
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class MetricsLog:
+    """metrics.csv rows appended by rank 0; a resumed run first drops rows past its checkpoint."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def truncate_after(self, global_step: int) -> None:
+        if not (self.enabled and self.path.exists()):
+            return
+        with open(self.path, newline="") as handle:
+            rows = [row for row in csv.DictReader(handle) if int(row["global_step"]) < global_step]
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=METRIC_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        new = not self.path.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=METRIC_FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow({key: row.get(key, "") for key in METRIC_FIELDS})
+
+
+def _rng_states_of_all_ranks(world: WorldInfo) -> list[dict[str, Any]]:
+    state = capture_rng_state()
+    if not world.distributed:
+        return [state]
+    gathered: list[Any] = [None] * world.world_size
+    dist.all_gather_object(gathered, state)
+    return gathered
+
+
+def _changed_settings(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    keys = set(saved) | set(current)
+    return sorted(k for k in keys if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+
+
+class Trainer:
+    """Holds the run's model, optimizer, data and position; `fit()` trains to the configured epochs."""
+
+    def __init__(
+        self, run_name: str, run: Mapping[str, Any], shard_dirs: Sequence[Path], out_dir: Path, world: WorldInfo,
+        device: str = "auto",
+    ):  # fmt: skip
+        self.run_name, self.run, self.world = run_name, dict(run), world
+        self.out_dir = Path(out_dir)
+        self.resume_dir = self.out_dir / "resume"
+        self.device = device_for(world, device)
+        init_process_group(world, self.device)
+        if run["deterministic"]:
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        torch.manual_seed(run["seed"])  # identical initial weights and queues on every rank
+
+        self.dataset = build_view_dataset(shard_dirs, run)
+        self.sampler = ResumableDistributedSampler(
+            len(self.dataset), run["batch_size"], world.world_size, world.rank, seed=run["seed"]
+        )
+        if self.sampler.batches_per_epoch < 1:
+            raise ConfigError(f"pretrain.{run_name}: too few samples for one batch")
+        self.model = build_model(run).to(self.device)
+        self.model.check_global_batch(run["batch_size"] * world.world_size)
+        self.module: torch.nn.Module = self.model
+        if world.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.module = DistributedDataParallel(self.model, device_ids=ids)
+        opt = run["optimizer"]
+        self.optimizer = torch.optim.SGD(
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=opt["lr"], momentum=opt["momentum"], weight_decay=opt["weight_decay"], nesterov=opt["nesterov"],
+        )  # fmt: skip
+        use_bf16 = run["precision"] == "bf16" and self.device.type == "cuda"
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
+        self.epoch, self.batch, self.global_step = 0, 0, 0
+        self.metrics = MetricsLog(self.resume_dir / "metrics.csv", enabled=world.is_main)
+
+    # ----------------------------------------------------------------------------------- state
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": {"name": self.run["schedule"]["name"], "lr": self.optimizer.param_groups[0]["lr"]},
+            "scaler": None,  # bf16 autocast needs no loss scaling
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "step": self.global_step,
+            "world_size": self.world.world_size,
+            "rng": _rng_states_of_all_ranks(self.world),
+            "run_name": self.run_name,
+            "config": self.run,
+        }
+
+    def save(self, path: Path) -> None:
+        state = self.state()  # collective: every rank takes part
+        if self.world.is_main:
+            save_checkpoint(path, state)
+            log.info(
+                "checkpoint %s (epoch %d, batch %d, step %d)", path, self.epoch, self.batch, self.global_step
+            )
+
+    def resume(self) -> bool:
+        """Continue from resume/last.pth if it exists; False when there is nothing to resume."""
+        path = self.resume_dir / "last.pth"
+        if not path.exists():
+            log.info("no checkpoint at %s: starting from scratch", path)
+            return False
+        state = load_checkpoint(path, map_location=self.device)
+        changed = _changed_settings(state["config"], self.run)
+        if changed:
+            if self.world.is_main:
+                old = self.resume_dir.with_name("resume.old")
+                shutil.rmtree(old, ignore_errors=True)
+                self.resume_dir.rename(old)
+            log.warning(
+                "settings %s changed since %s: starting from scratch (old state in resume.old/)",
+                changed,
+                path,
+            )
+            return False
+        if state["world_size"] != self.world.world_size:
+            log.warning("resuming a %d-process checkpoint with %d processes: the data order changes",
+                        state["world_size"], self.world.world_size)  # fmt: skip
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.batch, self.global_step = state["epoch"], state["batch"], state["step"]
+        rng = state["rng"]
+        restore_rng_state(rng[self.world.rank] if self.world.rank < len(rng) else rng[0])
+        self.metrics.truncate_after(self.global_step)
+        log.info("resumed from %s at epoch %d, batch %d", path, self.epoch, self.batch)
+        return True
+
+    # ----------------------------------------------------------------------------------- loop
+    def _loader(self) -> DataLoader:
+        self.sampler.set_position(self.epoch, self.batch)
+        self.dataset.set_epoch(self.epoch)
+        return DataLoader(
+            self.dataset, batch_size=self.run["batch_size"], sampler=self.sampler,
+            num_workers=self.run["num_workers"], pin_memory=self.device.type == "cuda", drop_last=True,
+            persistent_workers=False,
+        )  # fmt: skip
+
+    def _step(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        view_a = batch["view_a"].to(self.device, non_blocking=True)
+        view_b = batch["view_b"].to(self.device, non_blocking=True)
+        with self.autocast:
+            loss, terms = self.module({"point": (view_a, view_b)})
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.run["grad_clip_norm"] is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.run["grad_clip_norm"])
+        self.optimizer.step()
+        return loss, terms
+
+    def fit(self) -> int:
+        """Train to the configured epochs; returns 0 when done, EXIT_REQUEUE after a signal."""
+        stop = StopFlag()
+        try:
+            return self._fit(stop)
+        finally:
+            stop.restore()
+
+    def _fit(self, stop: StopFlag) -> int:
+        run, steps = self.run, self.sampler.batches_per_epoch
+        self.module.train()
+        while self.epoch < run["epochs"]:
+            tick = time.perf_counter()
+            for batch in self._loader():
+                data_s = time.perf_counter() - tick
+                lr = learning_rate(run, self.epoch, self.batch, steps)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                loss, terms = self._step(batch)
+                self.batch += 1
+                self.global_step += 1
+                if self.global_step % run["log_every_steps"] == 0 or self.batch == steps:
+                    self._log_step(loss, terms, lr, data_s, tick)
+                if stop.agreed(self.device, self.world):
+                    self.save(self.resume_dir / "last.pth")
+                    log.warning("signal %s: checkpointed at step %d; exit %d to be requeued",
+                                stop.signal, self.global_step, EXIT_REQUEUE)  # fmt: skip
+                    return EXIT_REQUEUE
+                tick = time.perf_counter()
+            self.epoch, self.batch = self.epoch + 1, 0
+            self.save(self.resume_dir / "last.pth")
+            if self.epoch % run["checkpoint_every_epochs"] == 0 or self.epoch == run["epochs"]:
+                self.save(self.out_dir / f"checkpoint-ep{self.epoch}.pth")
+        self._finish()
+        return 0
+
+    def _log_step(self, loss: torch.Tensor, terms: Mapping[str, torch.Tensor], lr: float, data_s: float,
+                  tick: float) -> None:  # fmt: skip
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elapsed = time.perf_counter() - tick
+        row = {
+            "epoch": self.epoch, "step": self.batch, "global_step": self.global_step, "lr": f"{lr:.6g}",
+            "loss": f"{loss.item():.6f}", "data_s": f"{data_s:.4f}", "compute_s": f"{elapsed - data_s:.4f}",
+            "samples_per_s": f"{self.run['batch_size'] * self.world.world_size / max(elapsed, 1e-9):.2f}",
+        }  # fmt: skip
+        row.update({name: f"{value.item():.6f}" for name, value in terms.items()})
+        if self.device.type == "cuda":
+            row["gpu_mem_gib"] = f"{torch.cuda.max_memory_allocated(self.device) / 2**30:.2f}"
+        self.metrics.append(row)
+        log.info("epoch %d step %d/%d loss %s lr %s %s samples/s (data %.3fs, compute %.3fs)",
+                 self.epoch, self.batch, self.sampler.batches_per_epoch, row["loss"], row["lr"],
+                 row["samples_per_s"], data_s, elapsed - data_s)  # fmt: skip
+
+    def _finish(self) -> None:
+        self.save(self.out_dir / "last.pth")
+        if self.world.is_main:
+            shutil.copyfile(self.resume_dir / "metrics.csv", self.out_dir / "metrics.csv")
+            resolved = {"run": self.run_name, **self.run}
+            atomic_write_bytes(
+                self.out_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=True).encode()
+            )
+        log.info("pretraining %s finished: %d epochs, %d steps", self.run_name, self.epoch, self.global_step)
+
+    def close(self) -> None:
+        destroy_process_group(self.world)
+
+
+def pretrain(
+    run_name: str, run: Mapping[str, Any], shard_dirs: Sequence[Path], out_dir: Path, world: WorldInfo,
+    resume: bool = False, device: str = "auto",
+) -> int:  # fmt: skip
+    """Train one run; returns the process exit code (0 done, EXIT_REQUEUE checkpointed on a signal)."""
+    trainer = Trainer(run_name, run, shard_dirs, out_dir, world, device)
+    try:
+        if resume:
+            trainer.resume()
+        return trainer.fit()
+    finally:
+        trainer.close()
