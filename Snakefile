@@ -18,9 +18,11 @@ except ConfigError as error:
 include: "rules/common.smk"
 include: "rules/download.smk"
 include: "rules/preprocess.smk"
+include: "rules/pretrain.smk"
 
 
 rule all:
     input:
         shard_indexes(),
+        pretrain_outputs(),
     default_target: True

@@ -196,9 +196,7 @@ def drop_caches() -> bool:
         return False
 
 
-def timed_read(
-    make_reader: Callable[[], Callable[[int], int]], order: np.ndarray, readers: int, cold: bool
-) -> float:
+def timed_read(make_reader: Callable[[], Callable[[int], int]], order: np.ndarray, readers: int, cold: bool) -> float:
     """Samples/s reading `order` with `readers` forked processes, fresh handles, warm or cold cache."""
     global _READ
     _READ = make_reader()
@@ -252,9 +250,7 @@ def machine() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=800)
     parser.add_argument("--readers", type=int, default=1, help="reader processes (same for both layouts)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is printed")

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from depthcontrast.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from depthcontrast.data.sampler import ResumableDistributedSampler
 from depthcontrast.data.views import build_view_dataset
-from depthcontrast.errors import ConfigError
+from depthcontrast.errors import ConfigError, DepthContrastError
 from depthcontrast.io_utils import atomic_path, atomic_write_bytes
 from depthcontrast.launch import WorldInfo, destroy_process_group, device_for, init_process_group
 from depthcontrast.method import DepthContrast
@@ -65,9 +65,7 @@ def build_model(run: Mapping[str, Any]) -> DepthContrast:
     backbone, loss = run["backbone"], run["loss"]
     head = backbone["head_dims"] or [fp_width(backbone["scale"]), 512, loss["embedding_dim"]]
     if head[-1] != loss["embedding_dim"]:
-        raise ConfigError(
-            f"backbone.head_dims ends with {head[-1]}, but loss.embedding_dim is {loss['embedding_dim']}"
-        )
+        raise ConfigError(f"backbone.head_dims ends with {head[-1]}, but loss.embedding_dim is {loss['embedding_dim']}")
 
     def point_encoder() -> PointNetEncoder:
         return PointNetEncoder(scale=backbone["scale"], mlp_dims=head, npoints=backbone["npoints"])
@@ -79,6 +77,10 @@ def build_model(run: Mapping[str, Any]) -> DepthContrast:
         temperature=loss["temperature"],
         momentum=loss["momentum"],
     )
+
+
+class TrainingDiverged(DepthContrastError):
+    """The loss became NaN or inf."""
 
 
 class StopFlag:
@@ -110,10 +112,11 @@ class MetricsLog:
         self.path, self.enabled = path, enabled
 
     def truncate_after(self, global_step: int) -> None:
+        """Keep the rows of steps up to and including `global_step` (the checkpoint's completed steps)."""
         if not (self.enabled and self.path.exists()):
             return
         with open(self.path, newline="") as handle:
-            rows = [row for row in csv.DictReader(handle) if int(row["global_step"]) < global_step]
+            rows = [row for row in csv.DictReader(handle) if int(row["global_step"]) <= global_step]
         with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=METRIC_FIELDS)
             writer.writeheader()
@@ -204,9 +207,7 @@ class Trainer:
         state = self.state()  # collective: every rank takes part
         if self.world.is_main:
             save_checkpoint(path, state)
-            log.info(
-                "checkpoint %s (epoch %d, batch %d, step %d)", path, self.epoch, self.batch, self.global_step
-            )
+            log.info("checkpoint %s (epoch %d, batch %d, step %d)", path, self.epoch, self.batch, self.global_step)
 
     def resume(self) -> bool:
         """Continue from resume/last.pth if it exists; False when there is nothing to resume."""
@@ -308,6 +309,12 @@ class Trainer:
             "samples_per_s": f"{self.run['batch_size'] * self.world.world_size / max(elapsed, 1e-9):.2f}",
         }  # fmt: skip
         row.update({name: f"{value.item():.6f}" for name, value in terms.items()})
+        if not math.isfinite(float(row["loss"])):
+            raise TrainingDiverged(
+                f"pretrain {self.run_name}: the loss became {row['loss']} at step {self.global_step} (lr {lr:.4g}); "
+                "lower optimizer.lr, set grad_clip_norm, or use denser views (points_per_view) for the SA radii; "
+                f"--resume continues from {self.resume_dir / 'last.pth'}"
+            )
         if self.device.type == "cuda":
             row["gpu_mem_gib"] = f"{torch.cuda.max_memory_allocated(self.device) / 2**30:.2f}"
         self.metrics.append(row)
@@ -320,9 +327,8 @@ class Trainer:
         if self.world.is_main:
             shutil.copyfile(self.resume_dir / "metrics.csv", self.out_dir / "metrics.csv")
             resolved = {"run": self.run_name, **self.run}
-            atomic_write_bytes(
-                self.out_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=True).encode()
-            )
+            atomic_write_bytes(self.out_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=True).encode())
+            shutil.rmtree(self.resume_dir)  # the run is complete: a later rerun starts from scratch
         log.info("pretraining %s finished: %d epochs, %d steps", self.run_name, self.epoch, self.global_step)
 
     def close(self) -> None:

@@ -20,9 +20,7 @@ QUANTUM_M = 0.001
 FLOAT32_SLACK_M = 1e-5
 
 
-def make_samples(
-    count: int, features: tuple[str, ...] = ("rgb",), labels: bool = True, seed: int = 0
-) -> list[Sample]:
+def make_samples(count: int, features: tuple[str, ...] = ("rgb",), labels: bool = True, seed: int = 0) -> list[Sample]:
     """Small samples of varied size with the requested features."""
     rng = np.random.default_rng(seed)
     samples = []
@@ -133,9 +131,7 @@ def test_mixed_feature_types_are_stored_as_float32_columns_in_name_order(tmp_pat
     np.testing.assert_array_equal(item["features"][:, 1:], samples[1].features["rgb"].astype(np.float32))
 
 
-@pytest.mark.parametrize(
-    ("compression", "quantum"), [("lz4", None), ("none", QUANTUM_M), ("zstd", QUANTUM_M)]
-)
+@pytest.mark.parametrize(("compression", "quantum"), [("lz4", None), ("none", QUANTUM_M), ("zstd", QUANTUM_M)])
 def test_same_samples_and_params_give_byte_identical_shards_and_index(tmp_path, compression, quantum):
     samples = make_samples(5, features=("rgb", "intensity"))
     write(tmp_path / "a", samples, compression=compression, quantum=quantum)

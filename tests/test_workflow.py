@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
+from depthcontrast.checkpoint import load_checkpoint
 from depthcontrast.data.shard_dataset import ShardDataset
 from tests.conftest import run_snakemake
 
 pytestmark = pytest.mark.slow
 DATASETS = ("demo_indoor", "demo_lidar")
+DEMO_EPOCHS = 2
 
 
 def planned_jobs(repo: Path, *args: str) -> dict[str, int]:
@@ -29,6 +33,9 @@ def built_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.conftest import copy_repo
 
     repo = copy_repo(tmp_path_factory.mktemp("dag") / "repo")
+    config = yaml.safe_load((repo / "config.yaml").read_text())
+    config["pretrain"]["demo_pointnet"]["epochs"] = DEMO_EPOCHS  # the full demo is README command (a)
+    (repo / "config.yaml").write_text(yaml.safe_dump(config))
     run_snakemake(repo, "--cores", "2")
     return repo
 
@@ -50,12 +57,23 @@ def test_the_dag_builds_shards_for_every_builtin_dataset(built_repo: Path):
     assert ShardDataset(built_repo / "results/shards/demo_lidar").feature_names == ["intensity"]
 
 
+def test_the_dag_pretrains_the_demo_run_on_both_datasets(built_repo: Path):
+    run = built_repo / "results/pretrain/demo_pointnet"
+    state = load_checkpoint(run / "last.pth")
+    assert state["epoch"] == DEMO_EPOCHS
+    assert yaml.safe_load((run / "config.yaml").read_text())["datasets"] == list(DATASETS)
+    with open(run / "metrics.csv", newline="") as handle:
+        losses = [float(row["loss"]) for row in csv.DictReader(handle)]
+    assert losses and all(math.isfinite(loss) for loss in losses)
+    assert (built_repo / "results/logs/pretrain/demo_pointnet.log").read_text().count("checkpoint") >= DEMO_EPOCHS
+
+
 def test_a_finished_dag_has_nothing_left_to_do(built_repo: Path):
     assert planned_jobs(built_repo) == {}
 
 
-def test_forcerun_preprocess_reruns_only_preprocess(built_repo: Path):
-    assert planned_jobs(built_repo, "--forcerun", "preprocess") == {"preprocess": 2, "all": 1}
+def test_forcerun_preprocess_reruns_preprocess_and_downstream_but_never_download(built_repo: Path):
+    assert planned_jobs(built_repo, "--forcerun", "preprocess") == {"preprocess": 2, "pretrain": 1, "all": 1}
 
 
 def test_until_preprocess_and_a_changed_param_rerun_only_that_dataset_downstream(built_repo: Path):
@@ -65,7 +83,19 @@ def test_until_preprocess_and_a_changed_param_rerun_only_that_dataset_downstream
     config["datasets"]["demo_lidar"]["preprocess"]["min_points"] = 600
     try:
         config_path.write_text(yaml.safe_dump(config))
-        assert planned_jobs(built_repo) == {"preprocess": 1, "all": 1}
+        assert planned_jobs(built_repo) == {"preprocess": 1, "pretrain": 1, "all": 1}
         assert planned_jobs(built_repo, "--until", "preprocess") == {"preprocess": 1}
+    finally:
+        config_path.write_text(original)
+
+
+def test_a_changed_pretraining_param_reruns_only_pretrain(built_repo: Path):
+    config_path = built_repo / "config.yaml"
+    original = config_path.read_text()
+    config = yaml.safe_load(original)
+    config["pretrain"]["demo_pointnet"]["optimizer"]["lr"] = 0.01
+    try:
+        config_path.write_text(yaml.safe_dump(config))
+        assert planned_jobs(built_repo) == {"pretrain": 1, "all": 1}
     finally:
         config_path.write_text(original)

@@ -355,9 +355,9 @@ class ShardWriter:
             points_ds.attrs["xyz_quantum_m"] = self.xyz_quantum_m
         if layout.names:
             columns = [_feature_columns(s) for s in samples]
-            features = np.concatenate(
-                [np.concatenate([c[n] for n in layout.names], axis=1) for c in columns]
-            ).astype(layout.dtype, copy=False)
+            features = np.concatenate([np.concatenate([c[n] for n in layout.names], axis=1) for c in columns]).astype(
+                layout.dtype, copy=False
+            )
             self._dataset(h5, "features", features)
         if self._has_labels:
             labels = np.concatenate([np.asarray(s.labels) for s in samples]).astype(np.int64, copy=False)
