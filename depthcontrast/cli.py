@@ -70,9 +70,7 @@ def _run_settings(args: argparse.Namespace) -> tuple[dict, list[Path]]:
             known = ", ".join(sorted(config["pretrain"])) or "none"
             raise ConfigError(f"{args.config}: no pretrain run {args.run!r} (configured: {known})")
         run = config["pretrain"][args.run]
-        shards = [Path(p) for p in args.shards] or [
-            Path(args.results) / "shards" / d for d in run["datasets"]
-        ]
+        shards = [Path(p) for p in args.shards] or [Path(args.results) / "shards" / d for d in run["datasets"]]
     return run, shards
 
 
@@ -153,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="DepthContrast pretraining of one run (torchrun, srun, or the seed's --multiprocessing-distributed)",
     )
     train.add_argument("--config", default="config.yaml")
-    train.add_argument("--run", required=True, help="a name under `pretrain:` in the config")
+    train.add_argument("run", help="a name under `pretrain:` in the config (positional, so torchrun passes it through)")
     train.add_argument("--run-json", help=argparse.SUPPRESS)  # the workflow passes the validated run block
     train.add_argument("--shards", nargs="*", default=[], help="shard folders (default: the run's datasets)")
     train.add_argument("--results", default="results")

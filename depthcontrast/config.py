@@ -82,9 +82,7 @@ def _check_references(config: dict[str, Any], source: str) -> None:
         for name in settings["datasets"]:
             if name not in config["datasets"]:
                 known = ", ".join(sorted(config["datasets"]))
-                raise ConfigError(
-                    f"{source}: pretrain.{run}.datasets: {name!r} is not a configured dataset ({known})"
-                )
+                raise ConfigError(f"{source}: pretrain.{run}.datasets: {name!r} is not a configured dataset ({known})")
 
 
 def _deepest(errors: list[ValidationError]) -> ValidationError:

@@ -64,9 +64,7 @@ def world_from_environment(env: dict[str, str] | None = None) -> WorldInfo:
         return WorldInfo(int(env["RANK"]), world, int(env.get("LOCAL_RANK", 0)), init)
     if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
         host = _first_slurm_host(env.get("SLURM_JOB_NODELIST") or env["SLURM_NODELIST"])
-        port = env.get("MASTER_PORT") or str(
-            SLURM_PORT_BASE + int(env.get("SLURM_JOB_ID", "0")) % SLURM_PORT_SPAN
-        )
+        port = env.get("MASTER_PORT") or str(SLURM_PORT_BASE + int(env.get("SLURM_JOB_ID", "0")) % SLURM_PORT_SPAN)
         return WorldInfo(
             int(env["SLURM_PROCID"]),
             int(env["SLURM_NTASKS"]),
@@ -76,9 +74,7 @@ def world_from_environment(env: dict[str, str] | None = None) -> WorldInfo:
     return WorldInfo(0, 1, 0, None)
 
 
-def world_from_seed_flags(
-    node_rank: int, num_nodes: int, gpus_per_node: int, local: int, dist_url: str
-) -> WorldInfo:
+def world_from_seed_flags(node_rank: int, num_nodes: int, gpus_per_node: int, local: int, dist_url: str) -> WorldInfo:
     """The seed's convention: `--world-size` counts nodes, `--rank` is the node, `--ngpus` per node."""
     if num_nodes < 1 or node_rank < 0 or node_rank >= num_nodes:
         raise ConfigError(f"--rank {node_rank} must be in [0, --world-size {num_nodes})")

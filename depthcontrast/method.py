@@ -112,9 +112,7 @@ def _check_settings(
     problems = []
     if not 1 <= len(formats) <= MAX_FORMATS:
         problems.append(f"need 1 or {MAX_FORMATS} formats, got {list(formats)}")
-    problems += [
-        f"format name {name!r} must be a Python identifier" for name in formats if not name.isidentifier()
-    ]
+    problems += [f"format name {name!r} must be a Python identifier" for name in formats if not name.isidentifier()]
     if queue_size < 1:
         problems.append(f"queue size (num_negatives) must be ≥ 1, got {queue_size}")
     if embedding_dim < 1:
@@ -128,9 +126,7 @@ def _check_settings(
         problems.append(f"loss_types must be distinct entries of {list(LOSS_TYPES)}, got {list(loss_types)}")
     if "CMC" in loss_types and len(formats) < 2:
         problems.append("loss type CMC (cross-format) needs two formats")
-    problems += [
-        f"{key} must hold 2 numbers, got {list(value)}" for key, value in weights.items() if len(value) != 2
-    ]
+    problems += [f"{key} must hold 2 numbers, got {list(value)}" for key, value in weights.items() if len(value) != 2]
     if problems:
         raise ConfigError("DepthContrast: " + "; ".join(problems))
 
@@ -179,9 +175,7 @@ class DepthContrast(nn.Module):
         self.momentum = momentum
         self.shuffle_keys = {name: shuffle_keys.get(name, name in SHUFFLED_FORMATS) for name in formats}
         self.terms = loss_terms(formats)
-        self.term_weights = term_weights(
-            len(formats), loss_types, within_format_weights, across_format_weights
-        )
+        self.term_weights = term_weights(len(formats), loss_types, within_format_weights, across_format_weights)
 
         self.query_encoders = nn.ModuleDict(
             {name: make if isinstance(make, nn.Module) else make() for name, make in encoders.items()}
@@ -252,12 +246,8 @@ class DepthContrast(nn.Module):
     def forward(self, inputs: Mapping[str, tuple[Any, Any]]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """inputs: format → (query view batch, key view batch) → (total loss, {term name: loss})."""
         if set(inputs) != set(self.formats):
-            raise ValueError(
-                f"DepthContrast expects inputs for formats {list(self.formats)}, got {list(inputs)}"
-            )
-        queries = {
-            name: self._embed(self.query_encoders[name], inputs[name][0], name) for name in self.formats
-        }
+            raise ValueError(f"DepthContrast expects inputs for formats {list(self.formats)}, got {list(inputs)}")
+        queries = {name: self._embed(self.query_encoders[name], inputs[name][0], name) for name in self.formats}
         keys = {name: self._keys(name, inputs[name][1]) for name in self.formats}
         sizes = {
             f"{name} {kind}": len(batch)

@@ -44,7 +44,7 @@ METRIC_FIELDS = (
     "samples_per_s", "data_s", "compute_s", "gpu_mem_gib",
 )  # fmt: skip
 # settings that may change between a checkpoint and its resumption (extend a run, change logging)
-RESUMABLE_CHANGES = ("epochs", "log_every_steps", "checkpoint_every_epochs", "num_workers", "enabled")
+RESUMABLE_CHANGES = ("epochs", "log_every_steps", "checkpoint_every_epochs", "num_workers", "verify_shards", "enabled")
 
 
 def learning_rate(run: Mapping[str, Any], epoch: int, step: int, steps_per_epoch: int) -> float:
@@ -186,6 +186,10 @@ class Trainer:
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
         self.epoch, self.batch, self.global_step = 0, 0, 0
         self.metrics = MetricsLog(self.resume_dir / "metrics.csv", enabled=world.is_main)
+        self.loader = DataLoader(
+            self.dataset, batch_size=run["batch_size"], sampler=self.sampler, num_workers=run["num_workers"],
+            pin_memory=self.device.type == "cuda", drop_last=True, persistent_workers=run["num_workers"] > 0,
+        )  # fmt: skip
 
     # ----------------------------------------------------------------------------------- state
     def state(self) -> dict[str, Any]:
@@ -242,13 +246,9 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- loop
     def _loader(self) -> DataLoader:
+        """The persistent loader, positioned at the current epoch and batch."""
         self.sampler.set_position(self.epoch, self.batch)
-        self.dataset.set_epoch(self.epoch)
-        return DataLoader(
-            self.dataset, batch_size=self.run["batch_size"], sampler=self.sampler,
-            num_workers=self.run["num_workers"], pin_memory=self.device.type == "cuda", drop_last=True,
-            persistent_workers=False,
-        )  # fmt: skip
+        return self.loader
 
     def _step(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         view_a = batch["view_a"].to(self.device, non_blocking=True)

@@ -25,5 +25,5 @@ rule pretrain:
     conda:
         "../envs/data.yaml"
     shell:
-        "depthcontrast --log {log} pretrain --run {wildcards.run} --run-json {params.run_json}"
+        "depthcontrast --log {log} pretrain {wildcards.run} --run-json {params.run_json}"
         " --shards {params.shards} --out {params.out} --resume"

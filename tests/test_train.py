@@ -60,7 +60,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def pretrain_args(results: Path, out: Path, *extra: str) -> list[str]:
     config = results.parent / "config.yaml"
-    return ["pretrain", "--config", str(config), "--run", "tiny", "--results", str(results), "--out", str(out), *extra]
+    return ["pretrain", "tiny", "--config", str(config), "--results", str(results), "--out", str(out), *extra]
 
 
 def model_state(path: Path) -> dict[str, torch.Tensor]:

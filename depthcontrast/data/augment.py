@@ -63,9 +63,7 @@ class PointCloud:
             raise DataError(f"point cloud xyz must have shape [P, 3], got {list(self.xyz.shape)}")
         for name, values in self.extras.items():
             if len(values) != len(self.xyz):
-                raise DataError(
-                    f"point cloud extra {name!r} has {len(values)} rows for {len(self.xyz)} points"
-                )
+                raise DataError(f"point cloud extra {name!r} has {len(values)} rows for {len(self.xyz)} points")
 
     def __len__(self) -> int:
         return len(self.xyz)
@@ -192,9 +190,7 @@ class Multiscale:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sizes", tuple(self.sizes))
-        valid = all(
-            isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in self.sizes
-        )
+        valid = all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in self.sizes)
         _check(
             len(self.sizes) > 0 and valid,
             self.NAME,
@@ -267,9 +263,7 @@ class RandomRotateLidar:
     max_angle: float = SEED_LIDAR_MAX_YAW
 
     def __post_init__(self) -> None:
-        _check(
-            0 <= self.max_angle <= math.pi, self.NAME, f"max_angle must be in [0, π], got {self.max_angle}"
-        )
+        _check(0 <= self.max_angle <= math.pi, self.NAME, f"max_angle must be in [0, π], got {self.max_angle}")
 
     def __call__(self, cloud: PointCloud, rng: np.random.Generator) -> PointCloud:
         rot = _rotation(2, rng.uniform(-self.max_angle, self.max_angle), cloud.xyz.dtype)
@@ -286,9 +280,7 @@ class RandomScale:
     high: float = SEED_SCALE_RANGE[1]
 
     def __post_init__(self) -> None:
-        _check(
-            0 < self.low <= self.high, self.NAME, f"need 0 < low ≤ high, got low={self.low}, high={self.high}"
-        )
+        _check(0 < self.low <= self.high, self.NAME, f"need 0 < low ≤ high, got low={self.low}, high={self.high}")
 
     def __call__(self, cloud: PointCloud, rng: np.random.Generator) -> PointCloud:
         return cloud.with_xyz(cloud.xyz * cloud.xyz.dtype.type(rng.uniform(self.low, self.high)))

@@ -8,8 +8,11 @@ import torch
 from torch.utils.data import Sampler
 
 
-class ResumableDistributedSampler(Sampler[int]):
+class ResumableDistributedSampler(Sampler[tuple[int, int]]):
     """Each rank's share of a seeded per-epoch permutation, starting at `start_batch` of the epoch.
+
+    Yields `(epoch, index)` keys, so a dataset can seed per-sample randomness by epoch while its
+    DataLoader workers persist across epochs.
 
     Like torch's DistributedSampler with drop_last=True (every rank gets the same number of whole
     batches), plus `set_position(epoch, batch)` so a resumed run sees exactly the batches it had not
@@ -26,9 +29,7 @@ class ResumableDistributedSampler(Sampler[int]):
         shuffle: bool = True,
     ):
         if length < batch_size * world_size:
-            raise ValueError(
-                f"{length} samples cannot fill one global batch of {batch_size} x {world_size} ranks"
-            )
+            raise ValueError(f"{length} samples cannot fill one global batch of {batch_size} x {world_size} ranks")
         self.length, self.batch_size = length, batch_size
         self.world_size, self.rank = world_size, rank
         self.seed, self.shuffle = seed, shuffle
@@ -44,7 +45,7 @@ class ResumableDistributedSampler(Sampler[int]):
     def __len__(self) -> int:
         return (self.batches_per_epoch - self.start_batch) * self.batch_size
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(self.length, generator=generator)
@@ -54,4 +55,4 @@ class ResumableDistributedSampler(Sampler[int]):
         # batch b of rank r = order[(b * world + r) * batch : ... + batch]: global batch b is contiguous
         batches = order[:used].view(self.batches_per_epoch, self.world_size, self.batch_size)
         mine = batches[self.start_batch :, self.rank].reshape(-1)
-        return iter(mine.tolist())
+        return iter([(self.epoch, index) for index in mine.tolist()])

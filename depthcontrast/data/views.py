@@ -2,7 +2,8 @@
 
 Randomness is stateless: the views of sample i in epoch e come from a generator seeded with
 (seed, e, i), so results do not depend on the number of DataLoader workers or on where a resumed
-run restarts.
+run restarts. Items are fetched by `(epoch, index)` keys (see data/sampler.py), so DataLoader
+workers can persist across epochs.
 """
 
 from __future__ import annotations
@@ -37,9 +38,7 @@ def augmentation_specs(
     names = [spec["name"] for spec in specs]
     unknown = sorted(set(overrides) - set(names))
     if unknown:
-        raise ConfigError(
-            f"augmentation_overrides: {unknown} not in the {preset} preset ({', '.join(names)})"
-        )
+        raise ConfigError(f"augmentation_overrides: {unknown} not in the {preset} preset ({', '.join(names)})")
     for spec in specs:
         spec.update(overrides.get(spec["name"], {}))
         if spec["name"] in RESAMPLERS:
@@ -51,21 +50,26 @@ class TwoViewDataset(Dataset):
     """Item i → {"view_a": float32 [N, 3], "view_b": float32 [N, 3], "index": i}, over several shard dirs."""
 
     def __init__(self, shard_dirs: Sequence[Path], transforms: Compose, seed: int, verify: bool = True):
-        self.source = ConcatDataset([ShardDataset(Path(d), verify=verify) for d in shard_dirs])
+        shards = [ShardDataset(Path(d), verify=verify) for d in shard_dirs]
+        if verify:  # once here, before workers fork: they inherit the result instead of each re-hashing
+            for dataset in shards:
+                dataset.verify_all()
+        self.source = ConcatDataset(shards)
         self.transforms = transforms
         self.seed = seed
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Call before creating the epoch's DataLoader iterator (workers copy the dataset then)."""
+        """The epoch used for plain integer indices (sampler keys carry their own epoch)."""
         self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         points = self.source[index]["points"]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = np.random.default_rng([self.seed, epoch, index])
         view_a, view_b = two_views(points, self.transforms, rng)
         return {
             "view_a": np.ascontiguousarray(view_a.xyz, dtype=np.float32),
@@ -77,4 +81,4 @@ class TwoViewDataset(Dataset):
 def build_view_dataset(shard_dirs: Sequence[Path], run: Mapping[str, Any]) -> TwoViewDataset:
     """The dataset a pretraining run (validated config block) trains on."""
     specs = augmentation_specs(run["augmentations"], run["augmentation_overrides"], run["points_per_view"])
-    return TwoViewDataset(shard_dirs, build_transforms(specs), seed=run["seed"])
+    return TwoViewDataset(shard_dirs, build_transforms(specs), seed=run["seed"], verify=run["verify_shards"])

@@ -24,9 +24,7 @@ def _fetch(source: dict[str, Any], out_dir: Path) -> list[str]:
     for entry in source["urls"]:
         name = entry.get("path") or urlsplit(entry["url"]).path.rsplit("/", 1)[-1]
         if Path(name).name == MANIFEST_NAME and Path(name).parent == Path("."):
-            raise ConfigError(
-                f"source.urls: {entry['url']}: the file name {MANIFEST_NAME} is reserved; set `path`"
-            )
+            raise ConfigError(f"source.urls: {entry['url']}: the file name {MANIFEST_NAME} is reserved; set `path`")
     options = {key: source[key] for key in ("retries", "backoff_s", "timeout_s")}
     return fetch_urls(source["urls"], out_dir, **options)
 

@@ -123,9 +123,7 @@ class FeatureSetPolicy:
         missing = self.names - present
         if missing:
             detail = f"lacks {sorted(missing)} that this dataset's samples have; set preprocess.keep_features"
-            return QuarantineEntry(
-                source=source, sample_id=sample.sample_id, reason="missing_features", detail=detail
-            )
+            return QuarantineEntry(source=source, sample_id=sample.sample_id, reason="missing_features", detail=detail)
         if present - self.names:
             self.trimmed += 1
             sample.features = {name: sample.features[name] for name in sorted(self.names)}

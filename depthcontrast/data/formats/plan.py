@@ -108,9 +108,7 @@ def _redwood_units(rels: list[str], files: set[str], root: Path, dataset: str) -
     units = []
     for seq in sorted(sequences):
         name = PurePosixPath(seq).name if seq != "." else root.name
-        units.append(
-            Unit(seq, str(root / seq), "redwood", _sample_id(dataset, name), {"files": members[seq]})
-        )
+        units.append(Unit(seq, str(root / seq), "redwood", _sample_id(dataset, name), {"files": members[seq]}))
     for rel in zips:
         units.append(Unit(rel, str(root / rel), "redwood", _sample_id(dataset, PurePosixPath(rel).stem)))
     return units
@@ -159,9 +157,7 @@ def plan_units(manifest: Manifest, fmt: dict, dataset: str) -> list[Unit]:
         log.warning("%s: skipped %d file(s) of no known point format: %s", dataset, len(skipped), shown)
 
     for kind in SINGLE_FILE_FORMATS:
-        units += [
-            Unit(r, str(root / r), kind, _sample_id(dataset, _without_suffix(r))) for r in by_format[kind]
-        ]
+        units += [Unit(r, str(root / r), kind, _sample_id(dataset, _without_suffix(r))) for r in by_format[kind]]
     units += [
         Unit(r, str(root / r), "scannet_sens", _sample_id(dataset, PurePosixPath(r).stem))
         for r in by_format["scannet_sens"]

@@ -174,13 +174,9 @@ def _download_with_retries(
                     if kept
                     else "check the network and the server, then rerun"
                 )
-                raise DownloadError(
-                    f"{shown_url}: failed after {attempts} attempt{plural}: {exc}; {advice}"
-                ) from exc
+                raise DownloadError(f"{shown_url}: failed after {attempts} attempt{plural}: {exc}; {advice}") from exc
             delay = backoff_s * 2 ** (attempt - 1)
-            LOG.warning(
-                "%s: attempt %d/%d failed (%s); retrying in %.1f s", shown_url, attempt, attempts, exc, delay
-            )
+            LOG.warning("%s: attempt %d/%d failed (%s); retrying in %.1f s", shown_url, attempt, attempts, exc, delay)
             time.sleep(delay)
 
 
