@@ -161,7 +161,15 @@ def main() -> None:
                 torch.cuda.reset_peak_memory_stats()
                 run = run_settings(scale, precision, args.batch, args.points, args.workers)
                 trainer = Trainer("bench", run, [shards], Path(tmp) / "out", WorldInfo(0, 1, 0, None), "cuda")
-                r = measure(trainer, args.steps, args.warmup)
+                try:
+                    r = measure(trainer, args.steps, args.warmup)
+                except torch.OutOfMemoryError:
+                    print(
+                        f"| {scale}x | {precision} | out of memory at batch {args.batch} | | | | | | | | |", flush=True
+                    )
+                    del trainer
+                    torch.cuda.empty_cache()
+                    continue
                 seed = SEED_SAMPLES_PER_S.get(scale)
                 ratio = f"{r['samples_per_s'] / seed:.2f}x" if seed else "-"
                 print(f"| {scale}x | {precision} | {r['samples_per_s']:.1f} | {ratio} | "
