@@ -32,6 +32,7 @@ from depthcontrast.data.views import build_view_dataset
 from depthcontrast.errors import ConfigError, DepthContrastError
 from depthcontrast.io_utils import atomic_path, atomic_write_bytes
 from depthcontrast.launch import WorldInfo, destroy_process_group, device_for, init_process_group
+from depthcontrast.log import progress
 from depthcontrast.method import DepthContrast
 from depthcontrast.models.heads import PointNetEncoder
 from depthcontrast.models.pointnet2 import fp_width
@@ -275,7 +276,10 @@ class Trainer:
         self.module.train()
         while self.epoch < run["epochs"]:
             tick = time.perf_counter()
-            for batch in self._loader():
+            batches = self._loader()
+            if self.world.is_main:
+                batches = progress(batches, desc=f"epoch {self.epoch}", total=steps - self.batch, unit="batch")
+            for batch in batches:
                 data_s = time.perf_counter() - tick
                 lr = learning_rate(run, self.epoch, self.batch, steps)
                 for group in self.optimizer.param_groups:

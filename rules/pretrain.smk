@@ -25,5 +25,5 @@ rule pretrain:
     conda:
         "../envs/data.yaml"
     shell:
-        "depthcontrast --log {log} pretrain {wildcards.run} --run-json {params.run_json}"
-        " --shards {params.shards} --out {params.out} --resume"
+        "depthcontrast pretrain {wildcards.run} --run-json {params.run_json}"
+        " --shards {params.shards} --out {params.out} --resume > {log} 2>&1"

@@ -163,9 +163,7 @@ def write_kitti_tree(root: Path, training: int, testing: int = 0, num_points: in
     for split, count in (("training", training), ("testing", testing)):
         for index in range(count):
             paths.append(
-                write_kitti_bin(
-                    root / split / "velodyne" / f"{index:06d}.bin", kitti_sweep(num_points, index)
-                )
+                write_kitti_bin(root / split / "velodyne" / f"{index:06d}.bin", kitti_sweep(num_points, index))
             )
         if count:
             (root / split / "calib").mkdir(parents=True, exist_ok=True)

@@ -33,9 +33,7 @@ from depthcontrast.errors import ConfigError, DataError, SampleError
 
 def tagged(xyz: np.ndarray) -> PointCloud:
     """A cloud whose extras record each point's original row, to check alignment after a transform."""
-    return PointCloud(
-        xyz, {"row": np.arange(len(xyz)), "rgb": (np.arange(len(xyz))[:, None] % 256) * [1, 1, 1]}
-    )
+    return PointCloud(xyz, {"row": np.arange(len(xyz)), "rgb": (np.arange(len(xyz))[:, None] % 256) * [1, 1, 1]})
 
 
 def assert_aligned(out: PointCloud, source: PointCloud) -> None:
@@ -110,8 +108,7 @@ def test_random_cuboid_fractions_pass_the_aspect_test():
         fractions = crop._fractions(np.random.default_rng(seed))
         assert np.all((fractions >= 0.1) & (fractions <= 1.0))
         ratios = [
-            min(fractions[a], fractions[b]) / max(fractions[a], fractions[b])
-            for a, b in ((0, 1), (0, 2), (1, 2))
+            min(fractions[a], fractions[b]) / max(fractions[a], fractions[b]) for a, b in ((0, 1), (0, 2), (1, 2))
         ]
         assert max(ratios) >= 0.9
 
@@ -223,9 +220,7 @@ def test_random_rotate_all_preserves_norms_and_is_a_proper_rotation():
         assert np.linalg.det(rot) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize(
-    ("uniform_axis", "expected"), [(False, (0.33, 0.44, 0.23)), (True, (1 / 3, 1 / 3, 1 / 3))]
-)
+@pytest.mark.parametrize(("uniform_axis", "expected"), [(False, (0.33, 0.44, 0.23)), (True, (1 / 3, 1 / 3, 1 / 3))])
 def test_random_rotate_all_axis_frequencies(uniform_axis, expected):
     xyz = np.array([[1.0, 2.0, 3.0], [-2.0, 0.5, 1.0]])
     rng = np.random.default_rng(0)
@@ -248,9 +243,7 @@ def test_random_rotate_lidar_turns_about_z_by_at_most_a_quarter_turn():
     assert max(np.abs(angles)) > math.pi / 4 * 0.9, "the seed's range is ±45°, not ±5°"
 
 
-@pytest.mark.parametrize(
-    ("transform", "low", "high"), [(RandomScale(), 0.8, 1.2), (RandomScaleLidar(), 0.95, 1.05)]
-)
+@pytest.mark.parametrize(("transform", "low", "high"), [(RandomScale(), 0.8, 1.2), (RandomScaleLidar(), 0.95, 1.05)])
 def test_random_scale_is_isotropic_and_within_range(transform, low, high):
     cloud = uniform_cloud(100)
     factors = []
@@ -324,9 +317,7 @@ def small_indoor_pipeline() -> Compose:
         "multiscale": {"sizes": [500, 1000]},
         "resample": {"npoints": 256},
     }
-    return build_transforms(
-        [{**spec, **overrides.get(spec["name"], {})} for spec in INDOOR_SEED_AUGMENTATIONS]
-    )
+    return build_transforms([{**spec, **overrides.get(spec["name"], {})} for spec in INDOOR_SEED_AUGMENTATIONS])
 
 
 def test_two_views_differ_and_are_reproducible_from_the_seed():

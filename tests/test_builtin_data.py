@@ -24,9 +24,7 @@ def manifest() -> dict:
 
 def shipped(prefix: str, suffix: str) -> list[Path]:
     return [
-        BUILTIN / e["path"]
-        for e in manifest()["files"]
-        if e["path"].startswith(prefix) and e["path"].endswith(suffix)
+        BUILTIN / e["path"] for e in manifest()["files"] if e["path"].startswith(prefix) and e["path"].endswith(suffix)
     ]
 
 
@@ -67,9 +65,7 @@ def lidar_crops() -> list[tuple[float, dict]]:
     return [(tile["crop_size_m"], crop) for _, tile in sorted(tiles.items()) for crop in tile["crops"]]
 
 
-@pytest.mark.parametrize(
-    ("crop_size", "crop"), lidar_crops(), ids=lambda c: c["file"] if isinstance(c, dict) else ""
-)
+@pytest.mark.parametrize(("crop_size", "crop"), lidar_crops(), ids=lambda c: c["file"] if isinstance(c, dict) else "")
 def test_lidar_crop_opens_recentred_with_its_recorded_points_and_classes(crop_size: float, crop: dict):
     las = laspy.read(BUILTIN / crop["file"])
     assert len(las.points) == crop["points"] >= MIN_CROP_POINTS

@@ -105,7 +105,5 @@ def test_snakemake_stops_at_once_on_a_config_mistake(repo_copy: Path):
     (repo_copy / "config.yaml").write_text(yaml.safe_dump(config))
     result = run_snakemake(repo_copy, "-n", "--cores", "1", check=False)
     assert result.returncode != 0
-    assert (
-        "datasets.demo_lidar.preprocess.samples_per_shard: -3 is less than the minimum of 1" in result.stderr
-    )
+    assert "datasets.demo_lidar.preprocess.samples_per_shard: -3 is less than the minimum of 1" in result.stderr
     assert "Traceback" not in result.stderr

@@ -53,9 +53,7 @@ def manifest_for(root: Path, kind: str = "local", rels: list[str] | None = None)
 
 def decode_all(units, fmt) -> tuple[list[Sample], list[QuarantineEntry]]:
     results = [r for unit in units for r in decode_unit(unit, fmt)]
-    return [r for r in results if isinstance(r, Sample)], [
-        r for r in results if isinstance(r, QuarantineEntry)
-    ]
+    return [r for r in results if isinstance(r, Sample)], [r for r in results if isinstance(r, QuarantineEntry)]
 
 
 # ----------------------------------------------------------------------------------- ScanNet .sens
@@ -67,9 +65,7 @@ def sens_frames(count: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
 @pytest.fixture
 def scannet_root(tmp_path) -> Path:
     depth, color = sens_frames(12)
-    write_sens(
-        tmp_path / "scannet" / "scans" / "scene0000_00" / "scene0000_00.sens", depth, color, SENS_INTRINSICS
-    )
+    write_sens(tmp_path / "scannet" / "scans" / "scene0000_00" / "scene0000_00.sens", depth, color, SENS_INTRINSICS)
     (tmp_path / "scannet" / "scans" / "scene0000_00" / "scene0000_00_vh_clean.ply").write_text("not needed")
     return tmp_path / "scannet"
 
@@ -105,9 +101,7 @@ def test_sens_cut_mid_frame_keeps_earlier_frames_and_quarantines_the_rest_as_tru
     units = plan_units(manifest_for(tmp_path, rels=["s/s.sens"]), make_fmt(frame_step=5), "ds")
     samples, quarantined = decode_all(units, make_fmt(frame_step=5))
     assert [s.sample_id for s in samples] == ["ds/s/000000", "ds/s/000005"]
-    assert [(q.reason, q.sample_id, q.source) for q in quarantined] == [
-        ("truncated", "ds/s/000010", "s/s.sens")
-    ]
+    assert [(q.reason, q.sample_id, q.source) for q in quarantined] == [("truncated", "ds/s/000010", "s/s.sens")]
 
 
 def test_sens_frame_with_corrupt_depth_is_quarantined_alone(tmp_path):
@@ -132,16 +126,12 @@ def test_redwood_zip_takes_every_15th_frame_with_fixed_intrinsics_and_colour(tmp
     )
     rels = official_layout_files("redwood", tmp_path)
     assert rels == ["rgbd/00042.zip"]
-    samples, quarantined = decode_all(
-        plan_units(manifest_for(tmp_path, "redwood", rels), make_fmt(), "ds"), make_fmt()
-    )
+    samples, quarantined = decode_all(plan_units(manifest_for(tmp_path, "redwood", rels), make_fmt(), "ds"), make_fmt())
     assert quarantined == []
     assert [s.sample_id for s in samples] == ["ds/00042/0000001", "ds/00042/0000016", "ds/00042/0000031"]
     points = samples[0].points
     assert points.shape == (480 * 640, 3) and np.all(points[:, 2] == 1.5)
-    np.testing.assert_allclose(
-        points[0], [-REDWOOD_CX * 1.5 / REDWOOD_FX, -REDWOOD_CY * 1.5 / REDWOOD_FX, 1.5]
-    )
+    np.testing.assert_allclose(points[0], [-REDWOOD_CX * 1.5 / REDWOOD_FX, -REDWOOD_CY * 1.5 / REDWOOD_FX, 1.5])
     assert samples[0].features["rgb"].dtype == np.uint8 and samples[0].features["rgb"].shape == (480 * 640, 3)
 
 
@@ -196,9 +186,7 @@ def test_kitti_layout_finds_velodyne_sweeps_only_and_point_range_crops(tmp_path)
 def test_truncated_kitti_sweep_is_quarantined_as_truncated(tmp_path):
     write_kitti_tree(tmp_path, training=2)
     truncate(tmp_path / "training" / "velodyne" / "000001.bin", 5)
-    units = plan_units(
-        manifest_for(tmp_path, "kitti", official_layout_files("kitti", tmp_path)), make_fmt(), "ds"
-    )
+    units = plan_units(manifest_for(tmp_path, "kitti", official_layout_files("kitti", tmp_path)), make_fmt(), "ds")
     samples, quarantined = decode_all(units, make_fmt())
     assert [s.sample_id for s in samples] == ["ds/training/velodyne/000000"]
     assert [(q.source, q.reason, q.sample_id) for q in quarantined] == [
@@ -218,9 +206,7 @@ def test_waymo_extracted_npy_layout_needs_no_official_package(tmp_path):
         "ds/10023_100_000_120_000/frame_002",
     ]  # fmt: skip
     samples, quarantined = decode_all(units, make_fmt())
-    assert quarantined == [] and all(
-        s.points.shape == (300, 3) and s.points.dtype == np.float32 for s in samples
-    )
+    assert quarantined == [] and all(s.points.shape == (300, 3) and s.points.dtype == np.float32 for s in samples)
 
 
 @pytest.mark.skipif(waymo_available(), reason="the official Waymo package is installed here")
@@ -253,9 +239,7 @@ def depth_png_root(tmp_path) -> Path:
     depth = {f: plane_depth(12, 16, 2000) for f in frames}
     labels = {f: np.full((12, 16), 2, dtype=np.uint8) for f in frames}
     color = {"0": gradient_rgb(12, 16)}
-    write_depth_png_scene(
-        root, "room_b", depth, (20.0, 20.0, 7.5, 5.5), color_frames=color, label_frames=labels
-    )
+    write_depth_png_scene(root, "room_b", depth, (20.0, 20.0, 7.5, 5.5), color_frames=color, label_frames=labels)
     write_depth_png_scene(root, "room_a", depth, (20.0, 20.0, 7.5, 5.5), depth_scale=4000.0)
     return root
 

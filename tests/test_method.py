@@ -95,9 +95,7 @@ def test_key_encoder_starts_as_a_frozen_copy_of_the_query_encoder():
 
 def test_momentum_update_is_m_key_plus_one_minus_m_query_on_parameters_only():
     torch.manual_seed(0)
-    model = (
-        DepthContrast({"point": MeanLinearBN}, queue_size=8, embedding_dim=DIM, momentum=0.9).double().eval()
-    )
+    model = DepthContrast({"point": MeanLinearBN}, queue_size=8, embedding_dim=DIM, momentum=0.9).double().eval()
     with torch.no_grad():
         for param in model.query_encoders["point"].parameters():
             param.add_(torch.randn_like(param))
@@ -111,9 +109,7 @@ def test_momentum_update_is_m_key_plus_one_minus_m_query_on_parameters_only():
     for name in ("linear.weight", "linear.bias", "norm.weight", "norm.bias"):
         expected = 0.9 * key_before[name] + (1 - 0.9) * query_before[name]
         torch.testing.assert_close(key_after[name], expected, rtol=0, atol=1e-15)
-    assert torch.equal(key_after["norm.running_mean"], key_before["norm.running_mean"]), (
-        "buffers are not averaged"
-    )
+    assert torch.equal(key_after["norm.running_mean"], key_before["norm.running_mean"]), "buffers are not averaged"
 
 
 def test_gradients_reach_the_query_encoder_only():
@@ -155,9 +151,7 @@ def test_keys_are_enqueued_fifo_and_the_pointer_wraps_around():
 
 def test_queue_size_must_be_a_multiple_of_the_global_batch():
     model = DepthContrast({"point": MeanLinear}, queue_size=10, embedding_dim=DIM)
-    with pytest.raises(
-        ConfigError, match=r"queue size 10 .* not a multiple of the global batch 4 .*e\.g\. 12"
-    ):
+    with pytest.raises(ConfigError, match=r"queue size 10 .* not a multiple of the global batch 4 .*e\.g\. 12"):
         model({"point": (point_batch(4, 0), point_batch(4, 1))})
     with pytest.raises(ConfigError, match="global batch 3"):
         model.check_global_batch(3)
@@ -191,9 +185,7 @@ def test_each_term_pairs_the_right_queries_keys_and_queue_before_enqueueing():
     with torch.no_grad():
         q = {name: F.normalize(model.query_encoders[name](inputs[name][0]), dim=1) for name in inputs}
     _, terms = model(inputs)
-    k = {
-        name: keys_of(model, name, inputs[name][1]) for name in inputs
-    }  # momentum is a no-op here: q == k params
+    k = {name: keys_of(model, name, inputs[name][1]) for name in inputs}  # momentum is a no-op here: q == k params
 
     expected = {
         "npid": nce_loss(q["point"], k["point"], queues["point"], 0.1),
@@ -255,9 +247,7 @@ def test_total_loss_is_the_configured_weighting_of_the_terms(settings, weights):
 
 def test_one_format_total_is_w0_times_npid():
     torch.manual_seed(0)
-    model = DepthContrast(
-        {"point": MeanLinear}, queue_size=8, embedding_dim=DIM, within_format_weights=(0.7, 0.0)
-    )
+    model = DepthContrast({"point": MeanLinear}, queue_size=8, embedding_dim=DIM, within_format_weights=(0.7, 0.0))
     loss, terms = model({"point": (point_batch(4, 0), point_batch(4, 1))})
     assert list(terms) == ["npid"]
     torch.testing.assert_close(loss, 0.7 * terms["npid"])

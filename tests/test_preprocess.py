@@ -90,6 +90,19 @@ def test_every_quarantine_reason_is_reported_and_good_scans_are_kept(tmp_path: P
     assert kept == {400, 401, 402}
 
 
+def test_a_sample_lacking_the_datasets_features_is_quarantined_as_missing_features(tmp_path: Path):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    cloud = plane_cloud(200, seed=1)
+    np.save(folder / "a_coloured.npy", np.hstack([cloud, np.full((200, 3), 0.5, np.float32)]))  # xyz + rgb
+    np.save(folder / "b_plain.npy", plane_cloud(200, seed=2))
+    out = download_and_preprocess(folder, tmp_path / "work")
+    entries = json.loads((out / "quarantine.json").read_text())["entries"]
+    assert [(e["source"], e["reason"]) for e in entries] == [("b_plain.npy", "missing_features")]
+    assert "rgb" in entries[0]["detail"]
+    assert ShardDataset(out).feature_names == ["rgb"]
+
+
 def test_max_points_subsample_is_reproducible_and_bounded(tmp_path: Path):
     write_bad_and_good_scans(tmp_path / "scans")
     first = download_and_preprocess(tmp_path / "scans", tmp_path / "a", max_points=100)
@@ -105,9 +118,7 @@ def shard_hashes(folder: Path) -> dict[str, str]:
 def test_identical_inputs_give_byte_identical_shards_whatever_the_worker_count(tmp_path: Path):
     write_bad_and_good_scans(tmp_path / "scans")
     serial = download_and_preprocess(tmp_path / "scans", tmp_path / "serial", workers=1, samples_per_shard=2)
-    parallel = download_and_preprocess(
-        tmp_path / "scans", tmp_path / "parallel", workers=2, samples_per_shard=2
-    )
+    parallel = download_and_preprocess(tmp_path / "scans", tmp_path / "parallel", workers=2, samples_per_shard=2)
     assert len(shard_hashes(serial)) == 2
     assert shard_hashes(serial) == shard_hashes(parallel)
     assert (serial / "index.json").read_bytes() == (parallel / "index.json").read_bytes()
@@ -148,9 +159,7 @@ def test_sigkill_mid_run_leaves_no_partial_output_and_rerun_gives_the_same_shard
     assert run_cli("download", *common).returncode == 0
 
     out = tmp_path / "results" / "shards" / "scans"
-    victim = subprocess.Popen(
-        [sys.executable, "-m", "depthcontrast", "preprocess", *common, "--workers", "1"]
-    )
+    victim = subprocess.Popen([sys.executable, "-m", "depthcontrast", "preprocess", *common, "--workers", "1"])
     deadline = time.monotonic() + 120
     while not (out / "shard-00002.h5").exists():
         assert victim.poll() is None, "preprocess finished before it could be killed: make the data larger"

@@ -83,9 +83,7 @@ def test_garbage_bytes_named_ply_are_unreadable(tmp_path):
 
 def test_ply_without_xyz_is_wrong_dtype(tmp_path):
     path = tmp_path / "a.ply"
-    path.write_text(
-        "ply\nformat ascii 1.0\nelement vertex 1\nproperty float u\nproperty float v\nend_header\n1 2\n"
-    )
+    path.write_text("ply\nformat ascii 1.0\nelement vertex 1\nproperty float u\nproperty float v\nend_header\n1 2\n")
     assert reason_of(read_ply, path) == "wrong_dtype"
 
 
