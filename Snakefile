@@ -19,10 +19,12 @@ include: "rules/common.smk"
 include: "rules/download.smk"
 include: "rules/preprocess.smk"
 include: "rules/pretrain.smk"
+include: "rules/export.smk"
 
 
 rule all:
     input:
         shard_indexes(),
         pretrain_outputs(),
+        export_outputs(),
     default_target: True

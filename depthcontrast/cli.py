@@ -107,6 +107,19 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return pretrain(args.run, run, shards, _pretrain_out(args), world, resume=args.resume, device=args.device)
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from depthcontrast.export import export_checkpoint
+
+    weights, sidecar = export_checkpoint(Path(args.checkpoint), args.target, Path(args.out))
+    print(f"{weights}\n{sidecar}")
+
+
+def cmd_import_seed(args: argparse.Namespace) -> None:
+    from depthcontrast.export import import_seed_checkpoint
+
+    print(import_seed_checkpoint(Path(args.checkpoint), Path(args.out), trust_pickle=args.trust_pickle))
+
+
 def cmd_inspect(args: argparse.Namespace) -> None:
     from depthcontrast.data.shard_dataset import ShardDataset
 
@@ -165,6 +178,20 @@ def build_parser() -> argparse.ArgumentParser:
     seed_flags.add_argument("--ngpus", type=int, default=1, help="processes (GPUs) per node")
     seed_flags.add_argument("--dist-url", default="tcp://localhost:15475")
     train.set_defaults(func=cmd_pretrain)
+
+    export = sub.add_parser("export", help="write a checkpoint in a downstream code base's layout + JSON sidecar")
+    export.add_argument("checkpoint", help="our checkpoint (results/pretrain/<run>/last.pth or an imported one)")
+    export.add_argument("--target", required=True, help="votenet, h3dnet, plain, minkunet_seg or openpcdet")
+    export.add_argument("--out", required=True, help="folder for <target>.pth and <target>.json")
+    export.set_defaults(func=cmd_export)
+
+    seed = sub.add_parser("import-seed", help="convert a released DepthContrast checkpoint-epNNN.pth.tar into ours")
+    seed.add_argument("checkpoint")
+    seed.add_argument("--out", required=True, help="the converted checkpoint (.pth)")
+    seed.add_argument(
+        "--trust-pickle", action="store_true", help="allow arbitrary pickled objects (trusted files only)"
+    )
+    seed.set_defaults(func=cmd_import_seed)
 
     inspect = sub.add_parser("inspect", help="summarise a folder of shards (checks sha256 by default)")
     inspect.add_argument("shard_dir")

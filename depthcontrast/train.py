@@ -45,7 +45,9 @@ METRIC_FIELDS = (
     "samples_per_s", "data_s", "compute_s", "gpu_mem_gib",
 )  # fmt: skip
 # settings that may change between a checkpoint and its resumption (extend a run, change logging)
-RESUMABLE_CHANGES = ("epochs", "log_every_steps", "checkpoint_every_epochs", "num_workers", "verify_shards", "enabled")
+RESUMABLE_CHANGES = (
+    "epochs", "log_every_steps", "checkpoint_every_epochs", "num_workers", "verify_shards", "enabled", "export_targets",
+)  # fmt: skip
 
 
 def learning_rate(run: Mapping[str, Any], epoch: int, step: int, steps_per_epoch: int) -> float:

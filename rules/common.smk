@@ -31,6 +31,23 @@ def pretrain_outputs():
     return expand("results/pretrain/{run}/last.pth", run=enabled_runs())
 
 
+# settings of a run that do not change its training (so editing them reruns nothing upstream of them)
+NOT_TRAINING_SETTINGS = ("enabled", "export_targets")
+
+
+def training_settings(wildcards):
+    run = config["pretrain"][wildcards.run]
+    return {key: value for key, value in run.items() if key not in NOT_TRAINING_SETTINGS}
+
+
+def export_outputs():
+    return [
+        f"results/export/{run}/{target}.json"
+        for run in enabled_runs()
+        for target in config["pretrain"][run]["export_targets"]
+    ]
+
+
 def shell_quoted_json(value):
     """A config block as one shell word (the rule passes validated settings, not a file path)."""
     return shlex.quote(json.dumps(value, sort_keys=True))
@@ -43,3 +60,4 @@ def names_pattern(names):
 wildcard_constraints:
     dataset=names_pattern(config["datasets"]),
     run=names_pattern(config["pretrain"]),
+    target="votenet|h3dnet|plain|minkunet_seg|openpcdet",

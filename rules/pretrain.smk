@@ -11,7 +11,7 @@ rule pretrain:
         metrics="results/pretrain/{run}/metrics.csv",
         config="results/pretrain/{run}/config.yaml",
     params:
-        run_json=lambda wildcards: shell_quoted_json(config["pretrain"][wildcards.run]),
+        run_json=lambda wildcards: shell_quoted_json(training_settings(wildcards)),
         shards=lambda wildcards, input: " ".join(os.path.dirname(path) for path in input.indexes),
         out=lambda wildcards: f"results/pretrain/{wildcards.run}",
     log:

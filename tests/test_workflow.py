@@ -13,6 +13,7 @@ import yaml
 
 from depthcontrast.checkpoint import load_checkpoint
 from depthcontrast.data.shard_dataset import ShardDataset
+from depthcontrast.io_utils import sha256_file
 from tests.conftest import run_snakemake
 
 pytestmark = pytest.mark.slow
@@ -68,12 +69,38 @@ def test_the_dag_pretrains_the_demo_run_on_both_datasets(built_repo: Path):
     assert (built_repo / "results/logs/pretrain/demo_pointnet.log").read_text().count("checkpoint") >= DEMO_EPOCHS
 
 
+def test_the_dag_exports_the_run_for_votenet_and_as_plain_weights(built_repo: Path):
+    export = built_repo / "results/export/demo_pointnet"
+    for target in ("votenet", "plain"):
+        sidecar = json.loads((export / f"{target}.json").read_text())
+        assert sidecar["missing_keys"] == [] and sidecar["unexpected_keys"] == []
+        assert sidecar["output_sha256"] == sha256_file(export / f"{target}.pth")
+    assert (export / "plain.safetensors").exists()
+
+
+def test_changing_export_targets_reruns_only_export(built_repo: Path):
+    config_path = built_repo / "config.yaml"
+    original = config_path.read_text()
+    config = yaml.safe_load(original)
+    config["pretrain"]["demo_pointnet"]["export_targets"] = ["votenet", "plain", "h3dnet"]
+    try:
+        config_path.write_text(yaml.safe_dump(config))
+        assert planned_jobs(built_repo) == {"export": 1, "all": 1}
+    finally:
+        config_path.write_text(original)
+
+
 def test_a_finished_dag_has_nothing_left_to_do(built_repo: Path):
     assert planned_jobs(built_repo) == {}
 
 
 def test_forcerun_preprocess_reruns_preprocess_and_downstream_but_never_download(built_repo: Path):
-    assert planned_jobs(built_repo, "--forcerun", "preprocess") == {"preprocess": 2, "pretrain": 1, "all": 1}
+    assert planned_jobs(built_repo, "--forcerun", "preprocess") == {
+        "preprocess": 2,
+        "pretrain": 1,
+        "export": 2,
+        "all": 1,
+    }
 
 
 def test_until_preprocess_and_a_changed_param_rerun_only_that_dataset_downstream(built_repo: Path):
@@ -83,7 +110,7 @@ def test_until_preprocess_and_a_changed_param_rerun_only_that_dataset_downstream
     config["datasets"]["demo_lidar"]["preprocess"]["min_points"] = 600
     try:
         config_path.write_text(yaml.safe_dump(config))
-        assert planned_jobs(built_repo) == {"preprocess": 1, "pretrain": 1, "all": 1}
+        assert planned_jobs(built_repo) == {"preprocess": 1, "pretrain": 1, "export": 2, "all": 1}
         assert planned_jobs(built_repo, "--until", "preprocess") == {"preprocess": 1}
     finally:
         config_path.write_text(original)
@@ -96,6 +123,6 @@ def test_a_changed_pretraining_param_reruns_only_pretrain(built_repo: Path):
     config["pretrain"]["demo_pointnet"]["optimizer"]["lr"] = 0.01
     try:
         config_path.write_text(yaml.safe_dump(config))
-        assert planned_jobs(built_repo) == {"pretrain": 1, "all": 1}
+        assert planned_jobs(built_repo) == {"pretrain": 1, "export": 2, "all": 1}
     finally:
         config_path.write_text(original)

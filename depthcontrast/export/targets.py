@@ -1,0 +1,217 @@
+"""Export a pretraining checkpoint to the file a downstream codebase loads, verified and described.
+
+`export_checkpoint` writes `{target}.pth` and a `{target}.json` sidecar (source and output sha256,
+key map, shapes, the verification's missing/unexpected keys). Every export is checked before it is
+written: the file's tensors are renamed as the downstream loader renames them and loaded strictly
+into a module with the downstream backbone's names and shapes.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+from depthcontrast import __version__
+from depthcontrast.checkpoint import load_checkpoint
+from depthcontrast.errors import ConfigError, DataError
+from depthcontrast.export.layouts import (
+    HEAD_PREFIX,
+    VOTENET_PREFIX,
+    plain_layout,
+    votenet_layout,
+    votenet_loader_view,
+)
+from depthcontrast.io_utils import atomic_write_bytes, atomic_write_json, sha256_file
+from depthcontrast.models.pointnet2 import PointNet2SSG
+
+log = logging.getLogger(__name__)
+QUERY_PREFIX = "query_encoders."
+TOOL_VERSION = f"depthcontrast-pipeline {__version__}"
+MAX_KEYS_IN_MESSAGE = 3
+ARCHITECTURES = {
+    "pointnet2_ssg": "PointNet++",
+    "pointnet2_msg": "PointNet-MSG",
+    "minkunet": "MinkUNet",
+    "spconv_unet": "sparse UNet (spconv)",
+}
+# target → the (format, architecture) encoders it can be made from, any one of them
+TARGET_NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "votenet": (("point", "pointnet2_ssg"),),
+    "h3dnet": (("point", "pointnet2_ssg"),),  # H3DNet's backbones are VoteNet's Pointnet2Backbone
+    "plain": (("point", "pointnet2_ssg"),),
+    "minkunet_seg": (("voxel", "minkunet"),),
+    "openpcdet": (("point", "pointnet2_msg"), ("voxel", "spconv_unet")),
+}
+KNOWN_TARGETS = tuple(TARGET_NEEDS)
+
+
+class ExportError(DataError):
+    """A checkpoint cannot be exported to a target, or the export failed its own verification."""
+
+
+@dataclass
+class Export:
+    """What a target makes of a checkpoint, before it is written."""
+
+    payload: dict[str, Any]  # what torch.save writes to {target}.pth
+    tensors: dict[str, torch.Tensor]  # the exported tensors by output key (for shapes)
+    key_map: dict[str, str]  # checkpoint key → output key
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+    ignored_keys: list[str] = field(default_factory=list)  # present in the file, skipped by the loader by design
+    safetensors: bytes | None = None  # also written as {target}.safetensors when set
+
+
+def checkpoint_encoders(state: Mapping[str, Any]) -> dict[str, str]:
+    """Format → architecture name of each query encoder in a loaded checkpoint."""
+    formats = sorted({key.split(".")[1] for key in state["model"] if key.startswith(QUERY_PREFIX)})
+    backbone = state["config"]["backbone"]["name"]
+    return {name: backbone if name == "point" else f"{name}_encoder" for name in formats}
+
+
+def query_encoder_state(state: Mapping[str, Any], name: str) -> dict[str, torch.Tensor]:
+    """The query encoder `name`'s state_dict under its own names (`sa1...`, `head.clf.0.weight`)."""
+    prefix = f"{QUERY_PREFIX}{name}."
+    return {key[len(prefix) :]: tensor for key, tensor in state["model"].items() if key.startswith(prefix)}
+
+
+def _describe(encoders: Mapping[str, str]) -> str:
+    found = [f"a {ARCHITECTURES.get(arch, arch)} {name} encoder" for name, arch in encoders.items()]
+    return " and ".join(found) or "no encoder"
+
+
+def _encoder_for(checkpoint: Path, target: str, encoders: Mapping[str, str]) -> str:
+    """The format of the checkpoint's encoder that `target` is made from, else ExportError."""
+    for name, arch in TARGET_NEEDS[target]:
+        if encoders.get(name) == arch:
+            return name
+    needs = " or ".join(f"a {ARCHITECTURES[arch]} {name} encoder" for name, arch in TARGET_NEEDS[target])
+    raise ExportError(
+        f"{checkpoint}: checkpoint has only {_describe(encoders)}; target {target!r} needs a run with {needs}"
+    )
+
+
+def _summary(keys: list[str]) -> str:
+    shown = ", ".join(keys[:MAX_KEYS_IN_MESSAGE])
+    return f"{len(keys)} keys ({shown}{', ...' if len(keys) > MAX_KEYS_IN_MESSAGE else ''})" if keys else "none"
+
+
+def _strict_load(module: nn.Module, tensors: Mapping[str, torch.Tensor], what: str) -> tuple[list[str], list[str]]:
+    """Load into `module`; return (missing, unexpected); a shape mismatch raises ExportError."""
+    try:
+        result = module.load_state_dict(dict(tensors), strict=False)
+    except RuntimeError as exc:
+        problems = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()] or [str(exc)]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ExportError(f"{what}: {problems[0]}{more}") from None
+    return sorted(result.missing_keys), sorted(result.unexpected_keys)
+
+
+class _VoteNetDetector(nn.Module):
+    """Stands in for VoteNet: only its `backbone_net` (Pointnet2Backbone names and shapes) is loaded."""
+
+    def __init__(self, scale: int):
+        super().__init__()
+        self.backbone_net = PointNet2SSG(scale=scale)
+
+
+def _export_votenet(checkpoint: Path, state: Mapping[str, Any], encoder: dict[str, torch.Tensor]) -> Export:
+    model, key_map = votenet_layout(encoder)
+    view = votenet_loader_view(model)
+    ignored = sorted(key for key in view if key.startswith(VOTENET_PREFIX + HEAD_PREFIX))
+    loaded = {key: tensor for key, tensor in view.items() if key not in ignored}
+    detector = _VoteNetDetector(state["config"]["backbone"]["scale"])
+    missing, unexpected = _strict_load(detector, loaded, f"{checkpoint}: VoteNet backbone_net")
+    return Export(
+        payload={"model": model, "epoch": state["epoch"]},
+        tensors=model,
+        key_map={f"{QUERY_PREFIX}point.{key}": out for key, out in key_map.items()},
+        missing_keys=missing,
+        unexpected_keys=unexpected,
+        ignored_keys=ignored,
+    )
+
+
+def _export_plain(checkpoint: Path, state: Mapping[str, Any], encoder: dict[str, torch.Tensor]) -> Export:
+    backbone, key_map = plain_layout(encoder)
+    reference = PointNet2SSG(scale=state["config"]["backbone"]["scale"])
+    missing, unexpected = _strict_load(reference, backbone, f"{checkpoint}: PointNet++ backbone")
+    contiguous = {key: tensor.contiguous() for key, tensor in backbone.items()}
+    metadata = {"format": "pt", "source_epoch": str(state["epoch"]), "tool_version": TOOL_VERSION}
+    return Export(
+        payload=backbone,
+        tensors=backbone,
+        key_map={f"{QUERY_PREFIX}point.{key}": out for key, out in key_map.items()},
+        missing_keys=missing,
+        unexpected_keys=unexpected,
+        safetensors=safetensors_bytes(contiguous, metadata=metadata),
+    )
+
+
+Exporter = Callable[[Path, Mapping[str, Any], dict[str, torch.Tensor]], Export]
+EXPORTERS: dict[str, Exporter] = {"votenet": _export_votenet, "h3dnet": _export_votenet, "plain": _export_plain}
+
+
+def _torch_bytes(payload: Any) -> bytes:
+    """torch.save into memory: the bytes depend on the payload only, not on the file name."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
+
+
+def export_checkpoint(checkpoint: Path, target: str, out_dir: Path) -> tuple[Path, Path]:
+    """Write `{target}.pth` and its `{target}.json` sidecar under `out_dir`; return both paths.
+
+    Raises ConfigError for an unknown target, CheckpointError for an unreadable checkpoint and
+    ExportError when the checkpoint lacks the encoder the target needs or fails verification.
+    """
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    if target not in TARGET_NEEDS:
+        raise ConfigError(f"unknown export target {target!r} (known: {', '.join(KNOWN_TARGETS)})")
+    state = load_checkpoint(checkpoint)
+    name = _encoder_for(checkpoint, target, checkpoint_encoders(state))
+    if target not in EXPORTERS:
+        raise ExportError(f"{checkpoint}: export to {target!r} is not implemented yet")
+    export = EXPORTERS[target](checkpoint, state, query_encoder_state(state, name))
+    if export.missing_keys or export.unexpected_keys:
+        raise ExportError(
+            f"{checkpoint}: export to {target!r} does not load strictly: missing {_summary(export.missing_keys)}, "
+            f"unexpected {_summary(export.unexpected_keys)}"
+        )
+
+    weights = out_dir / f"{target}.pth"
+    atomic_write_bytes(weights, _torch_bytes(export.payload))
+    other_outputs = {}
+    if export.safetensors is not None:
+        extra = out_dir / f"{target}.safetensors"
+        atomic_write_bytes(extra, export.safetensors)
+        other_outputs[extra.name] = sha256_file(extra)
+    sidecar = out_dir / f"{target}.json"
+    atomic_write_json(
+        sidecar,
+        {
+            "target": target,
+            "source_checkpoint": str(checkpoint),
+            "source_sha256": sha256_file(checkpoint),
+            "output": weights.name,
+            "output_sha256": sha256_file(weights),
+            "other_outputs": other_outputs,
+            "key_map": export.key_map,
+            "shapes": {key: list(tensor.shape) for key, tensor in export.tensors.items()},
+            "missing_keys": export.missing_keys,
+            "unexpected_keys": export.unexpected_keys,
+            "ignored_by_loader": export.ignored_keys,
+            "epoch": state["epoch"],
+            "tool_version": TOOL_VERSION,
+        },
+    )
+    log.info("exported %s to %s (%d tensors, verified by a strict load)", checkpoint, weights, len(export.tensors))
+    return weights, sidecar

@@ -1,0 +1,333 @@
+"""Export to downstream layouts (VoteNet/H3DNet, plain, and the voxel/LiDAR targets' layouts) and the
+import of the seed's released checkpoints, on real checkpoints written by save_checkpoint / torch.save."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+from depthcontrast.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from depthcontrast.config import validate_config
+from depthcontrast.errors import ConfigError
+from depthcontrast.export import ExportError, SeedImportError, export_checkpoint, import_seed_checkpoint
+from depthcontrast.export.layouts import (
+    minkunet_seg_layout,
+    minkunet_seg_loader_view,
+    openpcdet_fork_loader_view,
+    openpcdet_layout,
+)
+from depthcontrast.io_utils import sha256_file
+from depthcontrast.method import DepthContrast
+from depthcontrast.models.heads import PointNetEncoder
+from depthcontrast.models.pointnet2 import PointNet2SSG
+from depthcontrast.train import build_model
+
+TINY_NPOINTS = (64, 32, 16, 8)
+QUEUE = 64
+EPOCH = 3
+SEED_EPOCH = 150
+
+
+def votenet_backbone_shapes(scale: int) -> dict[str, list[int]]:
+    """Parameter shapes of the VoteNet fork's Pointnet2Backbone(input_feature_dim=0, SCALE), from its layer specs."""
+    s = scale
+    sa = {
+        "sa1": [3, 64 * s, 64 * s, 128 * s],
+        "sa2": [128 * s + 3, 128 * s, 128 * s, 256 * s],
+        "sa3": [256 * s + 3, 128 * s, 128 * s, 256 * s],
+        "sa4": [256 * s + 3, 128 * s, 128 * s, 256 * s],
+    }
+    fp = (
+        {"fp1": [512, 512, 512], "fp2": [768, 512, 512]}
+        if s == 1
+        else {f"fp{i}": [512 * s, 256 * s, 256 * s] for i in (1, 2)}
+    )
+    shapes = {}
+    for name, widths in [*((f"{k}.mlp_module", v) for k, v in sa.items()), *((f"{k}.mlp", v) for k, v in fp.items())]:
+        for i, (cin, cout) in enumerate(pairwise(widths)):
+            layer = f"backbone_net.{name}.layer{i}"
+            shapes[f"{layer}.conv.weight"] = [cout, cin, 1, 1]
+            for buffer in ("weight", "bias", "running_mean", "running_var"):
+                shapes[f"{layer}.bn.bn.{buffer}"] = [cout]
+            shapes[f"{layer}.bn.bn.num_batches_tracked"] = []
+    return shapes
+
+
+def forks_key_transformation(model: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The VoteNet fork's documented rule: keep `module.trunk.0` keys, drop 3 components, prefix backbone_net."""
+    return {"backbone_net." + ".".join(k.split(".")[3:]): v for k, v in model.items() if "module.trunk.0" in k}
+
+
+class VoteNetStandIn(nn.Module):
+    def __init__(self, scale: int):
+        super().__init__()
+        self.backbone_net = PointNet2SSG(scale=scale)
+
+
+def randomise_buffers(module: nn.Module) -> None:
+    """Non-default BN statistics, so a round trip that dropped or reset them would show."""
+    for name, buffer in module.named_buffers():
+        if "running" in name:
+            buffer.copy_(torch.rand_like(buffer) + 0.5)
+        elif "num_batches_tracked" in name:
+            buffer.fill_(7)
+
+
+def run_config(scale: int = 1, head: list[int] | None = None, queue: int = QUEUE) -> dict:
+    run = {"datasets": ["d"], "backbone": {"scale": scale, "npoints": list(TINY_NPOINTS), "head_dims": head}}
+    run["loss"] = {"num_negatives": queue}
+    config = {"datasets": {"d": {"source": {"kind": "builtin", "subset": "indoor"}}}, "pretrain": {"r": run}}
+    return validate_config(config)["pretrain"]["r"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real 1x checkpoint as train.py writes it (both encoders, queue, config), with non-trivial buffers."""
+    torch.manual_seed(0)
+    model = DepthContrast({"point": lambda: PointNetEncoder(scale=1, npoints=TINY_NPOINTS)}, queue_size=QUEUE)
+    with torch.no_grad():
+        randomise_buffers(model)
+        for param in model.key_encoders.parameters():
+            param.add_(1.0)  # key encoder differs from the query encoder: an export of the wrong one would show
+    path = tmp_path_factory.mktemp("ckpt") / "last.pth"
+    state = {"model": model.state_dict(), "optimizer": {}, "epoch": EPOCH, "step": 12, "config": run_config()}
+    save_checkpoint(path, state)
+    return path
+
+
+def query_encoder(path: Path) -> dict[str, torch.Tensor]:
+    prefix = "query_encoders.point."
+    return {k[len(prefix) :]: v for k, v in load_checkpoint(path)["model"].items() if k.startswith(prefix)}
+
+
+def test_votenet_export_loads_strictly_into_the_forks_backbone_with_exact_values(checkpoint: Path, tmp_path: Path):
+    weights, _ = export_checkpoint(checkpoint, "votenet", tmp_path)
+    exported = torch.load(weights, weights_only=True)
+    assert exported["epoch"] == EPOCH
+    source = query_encoder(checkpoint)
+    assert set(exported["model"]) == {f"module.trunk.0.{k}" for k in source}  # query encoder only, head included
+
+    renamed = forks_key_transformation(exported["model"])
+    head = {k for k in renamed if k.startswith("backbone_net.head.")}
+    assert head == {f"backbone_net.head.clf.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")}
+    backbone = {k: v for k, v in renamed.items() if k not in head}
+    assert {k: list(v.shape) for k, v in backbone.items()} == votenet_backbone_shapes(1)
+    VoteNetStandIn(scale=1).load_state_dict(backbone, strict=True)
+    for key, tensor in source.items():
+        out = exported["model"][f"module.trunk.0.{key}"]
+        assert out.dtype == tensor.dtype and torch.equal(out, tensor), key
+
+
+def test_votenet_sidecar_records_hashes_key_map_shapes_and_a_clean_verification(checkpoint: Path, tmp_path: Path):
+    weights, sidecar = export_checkpoint(checkpoint, "votenet", tmp_path)
+    meta = json.loads(sidecar.read_text())
+    assert meta["output_sha256"] == sha256_file(weights)
+    assert meta["source_sha256"] == sha256_file(checkpoint)
+    assert meta["source_checkpoint"] == str(checkpoint)
+    assert meta["target"] == "votenet" and meta["epoch"] == EPOCH and meta["tool_version"].startswith("depthcontrast")
+    assert meta["missing_keys"] == [] and meta["unexpected_keys"] == []
+    assert meta["key_map"]["query_encoders.point.sa1.mlp_module.layer0.conv.weight"] == (
+        "module.trunk.0.sa1.mlp_module.layer0.conv.weight"
+    )
+    exported = torch.load(weights, weights_only=True)["model"]
+    assert set(meta["key_map"].values()) == set(exported) == set(meta["shapes"])
+    assert all(meta["shapes"][k] == list(v.shape) for k, v in exported.items())
+
+
+def test_h3dnet_export_is_byte_identical_to_the_votenet_export_and_reproducible(checkpoint: Path, tmp_path: Path):
+    votenet, _ = export_checkpoint(checkpoint, "votenet", tmp_path / "a")
+    again, _ = export_checkpoint(checkpoint, "votenet", tmp_path / "b")
+    h3dnet, sidecar = export_checkpoint(checkpoint, "h3dnet", tmp_path / "a")
+    assert votenet.read_bytes() == again.read_bytes() == h3dnet.read_bytes()
+    assert json.loads(sidecar.read_text())["target"] == "h3dnet"
+
+
+def test_plain_export_holds_the_backbone_alone_as_pth_and_safetensors(checkpoint: Path, tmp_path: Path):
+    weights, sidecar = export_checkpoint(checkpoint, "plain", tmp_path)
+    plain = torch.load(weights, weights_only=True)
+    safetensors_path = tmp_path / "plain.safetensors"
+    from_safetensors = load_file(safetensors_path)
+    reference = PointNet2SSG(scale=1)
+    assert set(plain) == set(from_safetensors) == set(reference.state_dict())  # no head, no key encoder, no queue
+    reference.load_state_dict(plain, strict=True)
+    for key, tensor in query_encoder(checkpoint).items():
+        if not key.startswith("head."):
+            assert torch.equal(plain[key], tensor) and torch.equal(from_safetensors[key], tensor), key
+    meta = json.loads(sidecar.read_text())
+    assert meta["output_sha256"] == sha256_file(weights)
+    assert meta["other_outputs"] == {"plain.safetensors": sha256_file(safetensors_path)}
+
+
+def test_unknown_target_is_a_one_line_config_error_listing_the_known_ones(checkpoint: Path, tmp_path: Path):
+    with pytest.raises(ConfigError, match="unknown export target 'votnet'") as caught:
+        export_checkpoint(checkpoint, "votnet", tmp_path)
+    message = str(caught.value)
+    assert "\n" not in message and all(t in message for t in ("votenet", "plain", "minkunet_seg", "openpcdet"))
+
+
+@pytest.mark.parametrize(
+    ("target", "needs"), [("minkunet_seg", "MinkUNet voxel encoder"), ("openpcdet", "PointNet-MSG point encoder")]
+)
+def test_a_target_of_another_stack_names_the_encoder_it_needs(checkpoint: Path, tmp_path: Path, target, needs):
+    with pytest.raises(ExportError) as caught:
+        export_checkpoint(checkpoint, target, tmp_path)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert str(checkpoint) in message and f"'{target}'" in message and needs in message
+    assert "has only a PointNet++ point encoder" in message
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_truncated_checkpoint_gives_the_checkpoint_modules_error(checkpoint: Path, tmp_path: Path):
+    damaged = tmp_path / "last.pth"
+    data = checkpoint.read_bytes()
+    damaged.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        export_checkpoint(damaged, "votenet", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------- seed import
+def seed_trunk(scale: int, head: list[int], seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    encoder = PointNetEncoder(scale=scale, mlp_dims=head, npoints=TINY_NPOINTS)
+    with torch.no_grad():
+        randomise_buffers(encoder)
+    return encoder.state_dict()
+
+
+def write_seed_checkpoint(path: Path, scale: int, head: list[int], joint: bool = False, **extra) -> dict:
+    """A file in the seed's layout (SEED_FACTS §7), saved in torch 1.5's legacy (non-zip) format."""
+    model = {f"module.trunk.{i}.{k}": v for i in (0, 1) for k, v in seed_trunk(scale, head, seed=i).items()}
+    criterion = {"queue": F.normalize(torch.randn(head[-1], QUEUE), dim=0), "queue_ptr": torch.tensor([QUEUE // 2])}
+    if joint:
+        for trunk in (2, 3):
+            model[f"module.trunk.{trunk}.conv0p1s1.kernel"] = torch.randn(27, 3, 32)
+            model[f"module.trunk.{trunk}.bn0.bn.weight"] = torch.ones(32)
+            model[f"module.trunk.{trunk}.head.clf.0.linear.weight"] = torch.randn(256, 256)
+        criterion |= {"queue_other": torch.randn(head[-1], QUEUE), "queue_other_ptr": torch.tensor([0])}
+    optimizer = {"state": {}, "param_groups": [{"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4, "params": [0, 1]}]}
+    state = {"epoch": SEED_EPOCH, "model": model, "optimizer": optimizer, "train_criterion": criterion, **extra}
+    torch.save(state, path, _use_new_zipfile_serialization=False)
+    return state
+
+
+@pytest.mark.parametrize(("scale", "head"), [(1, [512, 512, 128]), (3, [768, 512, 128])])
+def test_seed_checkpoint_imports_and_exports_to_votenet_with_the_seeds_own_keys_and_values(
+    tmp_path: Path, scale: int, head: list[int]
+):
+    seed = write_seed_checkpoint(tmp_path / "checkpoint-ep150.pth.tar", scale, head)
+    out = import_seed_checkpoint(tmp_path / "checkpoint-ep150.pth.tar", tmp_path / "imported.pth")
+    state = load_checkpoint(out)
+    config = state["config"]
+    assert config["backbone"]["scale"] == scale and config["backbone"]["head_dims"] == head
+    assert config["loss"]["num_negatives"] == QUEUE and config["loss"]["embedding_dim"] == head[-1]
+    build_model(config).load_state_dict(state["model"], strict=True)
+    assert torch.equal(state["model"]["queue_point"], seed["train_criterion"]["queue"])
+    assert int(state["model"]["queue_ptr_point"][0]) == QUEUE // 2
+    assert state["epoch"] == SEED_EPOCH and state["optimizer"] is None
+    assert state["imported_from"]["sha256"] == sha256_file(tmp_path / "checkpoint-ep150.pth.tar")
+    assert state["imported_from"]["left_out"] == []
+
+    weights, _ = export_checkpoint(out, "votenet", tmp_path / "export")
+    exported = torch.load(weights, weights_only=True)["model"]
+    trunk0 = {k: v for k, v in seed["model"].items() if k.startswith("module.trunk.0.")}
+    assert set(exported) == set(trunk0)
+    assert all(torch.equal(exported[k], v) for k, v in trunk0.items())
+    backbone = {k: v for k, v in forks_key_transformation(exported).items() if ".head." not in k}
+    assert {k: list(v.shape) for k, v in backbone.items()} == votenet_backbone_shapes(scale)
+
+
+def test_joint_seed_checkpoint_imports_its_point_trunks_and_reports_the_voxel_ones(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    write_seed_checkpoint(tmp_path / "joint.pth.tar", 1, [512, 512, 128], joint=True)
+    with caplog.at_level(logging.WARNING):
+        out = import_seed_checkpoint(tmp_path / "joint.pth.tar", tmp_path / "imported.pth")
+    state = load_checkpoint(out)
+    assert state["imported_from"]["left_out"] == [
+        "module.trunk.2.* (voxel query encoder (MinkUNet))",
+        "module.trunk.3.* (voxel key encoder (MinkUNet))",
+        "train_criterion.queue_other",
+        "train_criterion.queue_other_ptr",
+    ]
+    assert "MinkowskiEngine" in caplog.text and "module.trunk.2" in caplog.text
+    assert not any("conv0p1s1" in k for k in state["model"])
+    build_model(state["config"]).load_state_dict(state["model"], strict=True)
+
+
+def test_seed_checkpoint_with_arbitrary_pickle_is_refused_unless_trusted(tmp_path: Path):
+    path = tmp_path / "checkpoint-ep100.pth.tar"
+    write_seed_checkpoint(path, 1, [512, 512, 128], args=argparse.Namespace(lr=0.12))
+    with pytest.raises(SeedImportError, match="trust_pickle=True") as caught:
+        import_seed_checkpoint(path, tmp_path / "imported.pth")
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "imported.pth").exists()
+    import_seed_checkpoint(path, tmp_path / "imported.pth", trust_pickle=True)
+    assert load_checkpoint(tmp_path / "imported.pth")["epoch"] == SEED_EPOCH
+
+
+def test_truncated_or_foreign_seed_files_are_clear_errors(tmp_path: Path, checkpoint: Path):
+    path = tmp_path / "checkpoint-ep150.pth.tar"
+    write_seed_checkpoint(path, 1, [512, 512, 128])
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(SeedImportError, match="truncated or corrupt"):
+        import_seed_checkpoint(path, tmp_path / "imported.pth")
+    with pytest.raises(SeedImportError, match="already a depthcontrast-pipeline checkpoint"):
+        import_seed_checkpoint(checkpoint, tmp_path / "imported.pth")
+    torch.save({"model": {"module.trunk.0.conv0p1s1.kernel": torch.zeros(1)}}, path)
+    with pytest.raises(SeedImportError, match=r"no module\.trunk\.1"):
+        import_seed_checkpoint(path, tmp_path / "imported.pth")
+    assert not (tmp_path / "imported.pth").exists()
+
+
+# ------------------------------------------------------------------- voxel / LiDAR layouts (synthetic)
+def test_minkunet_layout_gives_spatiotemporalsegmentation_its_bare_minkunet_names():
+    encoder = {
+        "conv0p1s1.kernel": torch.randn(27, 3, 32),
+        "block1.0.conv1.kernel": torch.randn(27, 32, 32),
+        "block1.0.norm1.bn.running_mean": torch.randn(32),
+        "bntr7.bn.weight": torch.randn(256),
+        "head.clf.0.linear.weight": torch.randn(256, 256),
+    }
+    model, key_map = minkunet_seg_layout(encoder)
+    assert key_map["conv0p1s1.kernel"] == "module.trunk.2.conv0p1s1.kernel"
+    view = minkunet_seg_loader_view(model)
+    assert set(view) == set(encoder) and all(view[k] is encoder[k] for k in encoder)
+
+
+def test_openpcdet_layout_fills_backbone_3d_for_upstream_and_the_fork():
+    encoder = {
+        "SA_modules.0.mlps.0.0.weight": torch.randn(16, 4, 1, 1),
+        "SA_modules.0.mlps.0.1.running_mean": torch.randn(16),
+        "FP_modules.3.mlp.0.weight": torch.randn(128, 160, 1, 1),
+        "head.clf.0.weight": torch.randn(128, 128),
+    }
+    layout, key_map = openpcdet_layout(encoder, trunk=0)
+    assert set(layout["model_state"]) == {f"backbone_3d.{k}" for k in encoder if not k.startswith("head.")}
+    assert "head.clf.0.weight" not in key_map
+    detector_keys = [*layout["model_state"], "roi_head.cls_layers.0.weight", "point_head.cls_layers.0.weight"]
+    view = openpcdet_fork_loader_view(layout, detector_keys)
+    assert set(view) == set(layout["model_state"])
+    assert all(view[f"backbone_3d.{k}"] is encoder[k] for k in encoder if not k.startswith("head."))
+
+
+def test_an_export_that_does_not_fit_the_downstream_backbone_is_refused_before_writing(tmp_path: Path):
+    model = DepthContrast({"point": lambda: PointNetEncoder(scale=1, npoints=TINY_NPOINTS)}, queue_size=QUEUE)
+    config = run_config()
+    config["backbone"]["scale"] = 2  # a config that does not match its weights
+    path = tmp_path / "last.pth"
+    save_checkpoint(path, {"model": model.state_dict(), "optimizer": {}, "epoch": 1, "step": 1, "config": config})
+    for target in ("votenet", "plain"):
+        with pytest.raises(ExportError, match=r"size mismatch for (backbone_net\.)?sa1\.mlp_module\.layer0"):
+            export_checkpoint(path, target, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
