@@ -9,6 +9,9 @@ from depthcontrast.errors import ConfigError
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 try:
     config.update(validate_config(config, source="config (config.yaml + --config overrides)"))
 except ConfigError as error:
@@ -20,6 +23,8 @@ include: "rules/download.smk"
 include: "rules/preprocess.smk"
 include: "rules/pretrain.smk"
 include: "rules/export.smk"
+include: "rules/finetune.smk"
+include: "rules/report.smk"
 
 
 rule all:
@@ -27,4 +32,6 @@ rule all:
         shard_indexes(),
         pretrain_outputs(),
         export_outputs(),
+        finetune_outputs(),
+        summary_outputs(),
     default_target: True

@@ -77,7 +77,12 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
 
 
 def _check_references(config: dict[str, Any], source: str) -> None:
-    """Cross-key checks the schema cannot express: runs name configured datasets."""
+    """Cross-key checks the schema cannot express: runs and evaluation tasks name configured datasets."""
+    for task, settings in config["evaluate"]["tasks"].items():
+        if settings["dataset"] not in config["datasets"]:
+            known = ", ".join(sorted(config["datasets"]))
+            name = settings["dataset"]
+            raise ConfigError(f"{source}: evaluate.tasks.{task}.dataset: {name!r} is not a configured dataset ({known})")
     for run, settings in config["pretrain"].items():
         for name in settings["datasets"]:
             if name not in config["datasets"]:

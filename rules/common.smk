@@ -57,7 +57,18 @@ def names_pattern(names):
     return "|".join(re.escape(name) for name in sorted(names)) or "(?!)"
 
 
+def finetune_outputs():
+    return expand(
+        "results/finetune/{run}/{task}/metrics.json", run=enabled_runs(), task=sorted(config["evaluate"]["tasks"])
+    )
+
+
+def summary_outputs():
+    return ["results/summary.md"] if enabled_runs() else []
+
+
 wildcard_constraints:
     dataset=names_pattern(config["datasets"]),
     run=names_pattern(config["pretrain"]),
     target="votenet|h3dnet|plain|minkunet_seg|openpcdet",
+    task=names_pattern(config["evaluate"]["tasks"]),

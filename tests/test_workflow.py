@@ -36,6 +36,7 @@ def built_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = copy_repo(tmp_path_factory.mktemp("dag") / "repo")
     config = yaml.safe_load((repo / "config.yaml").read_text())
     config["pretrain"]["demo_pointnet"]["epochs"] = DEMO_EPOCHS  # the full demo is README command (a)
+    config["evaluate"].update(seeds=[0, 1], linear={"epochs": 2}, finetune={"epochs": 1})
     (repo / "config.yaml").write_text(yaml.safe_dump(config))
     run_snakemake(repo, "--cores", "2")
     return repo
@@ -78,6 +79,17 @@ def test_the_dag_exports_the_run_for_votenet_and_as_plain_weights(built_repo: Pa
     assert (export / "plain.safetensors").exists()
 
 
+def test_the_dag_ends_with_the_downstream_table_and_plots(built_repo: Path):
+    summary = (built_repo / "results/summary.md").read_text()
+    assert "| demo_pointnet | lidar_seg | linear | 2 |" in summary
+    assert "| demo_pointnet | indoor_seg | finetune | 2 |" in summary
+    for name in ("downstream.png", "training_demo_pointnet.png"):
+        assert (built_repo / "results/report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = json.loads((built_repo / "results/finetune/demo_pointnet/indoor_seg/metrics.json").read_text())
+    assert set(metrics["results"]) == {"linear", "finetune"}
+    assert "within_noise" in metrics["results"]["linear"]["pretrained_minus_scratch"]["miou"]
+
+
 def test_changing_export_targets_reruns_only_export(built_repo: Path):
     config_path = built_repo / "config.yaml"
     original = config_path.read_text()
@@ -110,7 +122,9 @@ def test_until_preprocess_and_a_changed_param_rerun_only_that_dataset_downstream
     config["datasets"]["demo_lidar"]["preprocess"]["min_points"] = 600
     try:
         config_path.write_text(yaml.safe_dump(config))
-        assert planned_jobs(built_repo) == {"preprocess": 1, "pretrain": 1, "export": 2, "all": 1}
+        assert planned_jobs(built_repo) == {
+            "preprocess": 1, "pretrain": 1, "export": 2, "finetune": 2, "summary": 1, "all": 1
+        }  # fmt: skip
         assert planned_jobs(built_repo, "--until", "preprocess") == {"preprocess": 1}
     finally:
         config_path.write_text(original)
@@ -123,6 +137,6 @@ def test_a_changed_pretraining_param_reruns_only_pretrain(built_repo: Path):
     config["pretrain"]["demo_pointnet"]["optimizer"]["lr"] = 0.01
     try:
         config_path.write_text(yaml.safe_dump(config))
-        assert planned_jobs(built_repo) == {"pretrain": 1, "export": 2, "all": 1}
+        assert planned_jobs(built_repo) == {"pretrain": 1, "export": 2, "finetune": 2, "summary": 1, "all": 1}
     finally:
         config_path.write_text(original)

@@ -1,0 +1,179 @@
+"""The two evaluation protocols, each returning the test confusion matrix.
+
+Both score per-point predictions at the backbone's fp2 points (`fp2_inds` index the input cloud, so
+the label of each fp2 point is the label of the input point it sits on).
+
+- linear: the backbone is frozen (eval mode, its BatchNorm statistics as loaded); fp2 features of one
+  seeded resampling per training cloud are computed once, standardised with the training features'
+  mean and std, and a linear classifier is trained on them with SGD.
+- finetune: backbone + a 1x1-conv classifier trained end to end with SGD, the training clouds
+  resampled afresh every epoch; the backbone's BatchNorm runs in training mode.
+
+Clouds are resampled to a fixed point count (without replacement when a cloud has enough points);
+the test clouds use one resampling shared by every protocol, init and seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from depthcontrast.evaluate.metrics import confusion_matrix
+from depthcontrast.evaluate.tasks import IGNORE_LABEL, Samples
+from depthcontrast.models.pointnet2 import PointNet2SSG
+
+STANDARDISE_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """One protocol's optimisation settings (config `evaluate.linear` / `evaluate.finetune`)."""
+
+    epochs: int
+    lr: float
+    batch_size: int
+    momentum: float
+    weight_decay: float
+
+
+@dataclass
+class Clouds:
+    """Resampled clouds: xyz float32 [N, P, 3], labels int64 [N, P]."""
+
+    xyz: np.ndarray
+    labels: np.ndarray
+
+
+def resample(samples: Samples, count: int, rng: np.random.Generator) -> Clouds:
+    """`count` points of every sample: a random subset, or all plus random repeats when it has fewer."""
+    xyz, labels = [], []
+    for points, point_labels in zip(samples.points, samples.labels, strict=True):
+        available = len(points)
+        if available >= count:
+            index = rng.choice(available, count, replace=False)
+        else:
+            index = np.concatenate([rng.permutation(available), rng.integers(0, available, count - available)])
+        xyz.append(points[index])
+        labels.append(point_labels[index])
+    return Clouds(np.stack(xyz).astype(np.float32), np.stack(labels).astype(np.int64))
+
+
+def _batches(total: int, batch_size: int, rng: np.random.Generator | None = None) -> Iterator[np.ndarray]:
+    order = rng.permutation(total) if rng is not None else np.arange(total)
+    for start in range(0, total, batch_size):
+        yield order[start : start + batch_size]
+
+
+def _sgd(parameters: Iterator[nn.Parameter], settings: TrainSettings) -> torch.optim.SGD:
+    return torch.optim.SGD(parameters, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+
+
+def labels_at(labels: torch.Tensor, inds: torch.Tensor) -> torch.Tensor:
+    """Labels [B, N] of the input points → labels [B, M] of the fp2 points (inds [B, M])."""
+    return torch.gather(labels, 1, inds.long())
+
+
+@torch.no_grad()
+def backbone_features(
+    backbone: PointNet2SSG, xyz: np.ndarray, batch_size: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen (eval-mode) fp2 features [N, C, M] and fp2_inds [N, M] of clouds xyz [N, P, 3], on the CPU."""
+    backbone.eval()
+    features, inds = [], []
+    for batch in _batches(len(xyz), batch_size):
+        out = backbone(torch.from_numpy(xyz[batch]).to(device))
+        features.append(out["fp2_features"].float().cpu())
+        inds.append(out["fp2_inds"].cpu())
+    return torch.cat(features), torch.cat(inds)
+
+
+def _point_rows(features: torch.Tensor, inds: torch.Tensor, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, C, M] features and their fp2 labels → rows [N*M, C], labels [N*M]."""
+    point_labels = labels_at(torch.from_numpy(labels), inds)
+    return features.transpose(1, 2).reshape(-1, features.shape[1]), point_labels.reshape(-1)
+
+
+def linear_probe(
+    backbone: PointNet2SSG,
+    train: Clouds,
+    test: Clouds,
+    num_classes: int,
+    settings: TrainSettings,
+    seed: int,
+    device: torch.device,
+) -> np.ndarray:
+    """Train a linear classifier on frozen fp2 features; the test confusion matrix [K, K]."""
+    train_features, train_inds = backbone_features(backbone, train.xyz, settings.batch_size, device)
+    rows_per_batch = settings.batch_size * train_features.shape[2]  # a batch: the fp2 points of batch_size clouds
+    train_x, train_y = _point_rows(train_features, train_inds, train.labels)
+    test_x, test_y = _point_rows(*backbone_features(backbone, test.xyz, settings.batch_size, device), test.labels)
+    scored = train_y != IGNORE_LABEL
+    train_x, train_y = train_x[scored], train_y[scored]
+    mean, std = train_x.mean(dim=0), train_x.std(dim=0) + STANDARDISE_EPS
+    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    torch.manual_seed(seed)
+    classifier = nn.Linear(train_x.shape[1], num_classes).to(device)
+    optimizer = _sgd(classifier.parameters(), settings)
+    rng = np.random.default_rng(seed)
+    for _ in range(settings.epochs):
+        for batch in _batches(len(train_y), rows_per_batch, rng):
+            loss = F.cross_entropy(classifier(train_x[batch].to(device)), train_y[batch].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        predicted = classifier(test_x.to(device)).argmax(dim=1).cpu().numpy()
+    return confusion_matrix(test_y.numpy(), predicted, num_classes)
+
+
+class Segmenter(nn.Module):
+    """Backbone + per-point linear classifier (1x1 conv) on fp2 features: xyz → logits [B, K, M], fp2_inds."""
+
+    def __init__(self, backbone: PointNet2SSG, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.classifier = nn.Conv1d(backbone.out_channels, num_classes, kernel_size=1)
+
+    def forward(self, xyz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.backbone(xyz)
+        return self.classifier(out["fp2_features"]), out["fp2_inds"]
+
+
+def finetune(
+    backbone: PointNet2SSG,
+    train: Samples,
+    test: Clouds,
+    points: int,
+    num_classes: int,
+    settings: TrainSettings,
+    seed: int,
+    device: torch.device,
+) -> tuple[np.ndarray, Segmenter]:
+    """Train backbone + classifier end to end; the test confusion matrix [K, K] and the trained model."""
+    torch.manual_seed(seed)
+    model = Segmenter(backbone, num_classes).to(device)
+    optimizer = _sgd(model.parameters(), settings)
+    for epoch in range(settings.epochs):
+        rng = np.random.default_rng([seed, epoch])
+        clouds = resample(train, points, rng)
+        model.train()
+        for batch in _batches(len(clouds.xyz), settings.batch_size, rng):
+            logits, inds = model(torch.from_numpy(clouds.xyz[batch]).to(device))
+            target = labels_at(torch.from_numpy(clouds.labels[batch]).to(device), inds)
+            loss = F.cross_entropy(logits, target, ignore_index=IGNORE_LABEL)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    predicted, truth = [], []
+    with torch.no_grad():
+        for batch in _batches(len(test.xyz), settings.batch_size):
+            logits, inds = model(torch.from_numpy(test.xyz[batch]).to(device))
+            predicted.append(logits.argmax(dim=1).cpu())
+            truth.append(labels_at(torch.from_numpy(test.labels[batch]), inds.cpu()))
+    return confusion_matrix(torch.cat(truth).numpy(), torch.cat(predicted).numpy(), num_classes), model

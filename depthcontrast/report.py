@@ -1,0 +1,124 @@
+"""The run summary: loss curves, throughput and the downstream table, as PNG plots and Markdown.
+
+`results/summary.md` reads well in a terminal; the plots also go into `snakemake --report`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+
+from depthcontrast.io_utils import atomic_path, atomic_write_bytes
+
+METRIC = "miou"
+PLOT_DPI = 110
+
+
+def _read_metrics(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def plot_training(run: str, metrics_csv: Path, out_png: Path) -> dict[str, float]:
+    """Loss (and its terms) and samples/s per logged step; returns first/last epoch mean loss."""
+    rows = _read_metrics(metrics_csv)
+    steps = [int(r["global_step"]) for r in rows]
+    fig, (loss_ax, speed_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
+    loss_ax.plot(steps, [float(r["loss"]) for r in rows], label="total loss", lw=1.2)
+    loss_ax.set(xlabel="step", ylabel="InfoNCE loss", title=f"{run}: loss")
+    speed_ax.plot(steps, [float(r["samples_per_s"]) for r in rows], lw=1.0, color="tab:green")
+    speed_ax.set(xlabel="step", ylabel="samples / s", title=f"{run}: throughput")
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=PLOT_DPI, format="png")
+    plt.close(fig)
+    by_epoch: dict[int, list[float]] = {}
+    for r in rows:
+        by_epoch.setdefault(int(r["epoch"]), []).append(float(r["loss"]))
+    means = {epoch: sum(v) / len(v) for epoch, v in sorted(by_epoch.items())}
+    epochs = list(means)
+    return {
+        "epochs": len(epochs),
+        "first_epoch_loss": means[epochs[0]],
+        "last_epoch_loss": means[epochs[-1]],
+        "steps": steps[-1] if steps else 0,
+        "median_samples_per_s": sorted(float(r["samples_per_s"]) for r in rows)[len(rows) // 2],
+    }
+
+
+def downstream_rows(run: str, metrics_json: Path) -> list[dict[str, Any]]:
+    """One row per protocol of a task's metrics.json: pretrained vs scratch mIoU with spread."""
+    data = json.loads(metrics_json.read_text())
+    rows = []
+    for protocol, result in data["results"].items():
+        pre, scr = result["pretrained"][METRIC], result["scratch"][METRIC]
+        diff = result["pretrained_minus_scratch"][METRIC]
+        rows.append({
+            "run": run, "task": data["task"], "protocol": protocol, "seeds": len(data["settings"]["seeds"]),
+            "pretrained": pre, "scratch": scr, "difference": diff["difference"], "within_noise": diff["within_noise"],
+        })  # fmt: skip
+    return rows
+
+
+def plot_downstream(rows: Sequence[dict[str, Any]], out_png: Path) -> None:
+    """Grouped bars: pretrained vs scratch mIoU (mean ± std) per run/task/protocol."""
+    labels = [f"{r['run']}\n{r['task']}\n{r['protocol']}" for r in rows]
+    xs = range(len(rows))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(rows)), 3.8))
+    width = 0.38
+    for offset, init, colour in ((-width / 2, "pretrained", "tab:blue"), (width / 2, "scratch", "tab:gray")):
+        ax.bar([x + offset for x in xs], [r[init]["mean"] for r in rows], width, yerr=[r[init]["std"] for r in rows],
+               capsize=3, label=init, color=colour)  # fmt: skip
+    ax.set_xticks(list(xs), labels, fontsize=8)
+    ax.set(ylabel="test mIoU", title="Downstream: pretrained vs scratch (mean ± std over seeds)")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=PLOT_DPI, format="png")
+    plt.close(fig)
+
+
+def _pm(stat: dict[str, float]) -> str:
+    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+
+
+def write_summary(
+    runs: dict[str, Path], downstream: dict[str, list[Path]], out_md: Path, plot_dir: Path
+) -> dict[str, Any]:
+    """runs: name → results/pretrain/<run>; downstream: run → its metrics.json files. Writes plots + Markdown."""
+    lines = ["# depthcontrast-pipeline summary", "", "## Pretraining", "",
+             "| run | epochs | steps | loss, first epoch | loss, last epoch | median samples/s |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    training = {}
+    for run, folder in sorted(runs.items()):
+        stats = plot_training(run, folder / "metrics.csv", plot_dir / f"training_{run}.png")
+        training[run] = stats
+        lines.append(
+            f"| {run} | {stats['epochs']} | {stats['steps']} | {stats['first_epoch_loss']:.3f} | "
+            f"{stats['last_epoch_loss']:.3f} | {stats['median_samples_per_s']:.1f} |"
+        )
+    rows = [
+        row for run, files in sorted(downstream.items()) for path in sorted(files) for row in downstream_rows(run, path)
+    ]
+    lines += ["", "## Downstream (test mIoU, mean ± std over seeds)", "",
+              "| run | task | protocol | seeds | pretrained | scratch | pretrained − scratch | verdict |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        verdict = "within noise" if r["within_noise"] else ("pretraining helps" if r["difference"] > 0 else "worse")
+        lines.append(
+            f"| {r['run']} | {r['task']} | {r['protocol']} | {r['seeds']} | {_pm(r['pretrained'])} | "
+            f"{_pm(r['scratch'])} | {r['difference']:+.3f} | {verdict} |"
+        )
+    if rows:
+        plot_downstream(rows, plot_dir / "downstream.png")
+    lines += ["", f"Plots: {plot_dir}/ (also in `snakemake --report report.html`)", ""]
+    atomic_write_bytes(out_md, "\n".join(lines).encode())
+    return {"training": training, "downstream": rows}

@@ -1,0 +1,33 @@
+# Stage 6: results/summary.md (terminal) and the plots that `snakemake --report report.html` shows.
+
+
+rule summary:
+    input:
+        checkpoints=expand("results/pretrain/{run}/last.pth", run=enabled_runs()),
+        metrics=finetune_outputs(),
+    output:
+        summary="results/summary.md",
+        downstream=report(
+            "results/report/downstream.png",
+            caption="../report/downstream.rst",
+            category="Downstream",
+        ),
+        training=report(
+            expand("results/report/training_{run}.png", run=enabled_runs()),
+            caption="../report/training.rst",
+            category="Pretraining",
+        ),
+    params:
+        runs=enabled_runs(),
+    log:
+        "results/logs/summary.log",
+    benchmark:
+        "results/benchmarks/summary.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow_scripts/summary.py"
