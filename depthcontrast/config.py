@@ -82,7 +82,7 @@ def _check_references(config: dict[str, Any], source: str) -> None:
         if settings["dataset"] not in config["datasets"]:
             known = ", ".join(sorted(config["datasets"]))
             name = settings["dataset"]
-            raise ConfigError(f"{source}: evaluate.tasks.{task}.dataset: {name!r} is not a configured dataset ({known})")
+            raise ConfigError(f"{source}: evaluate.tasks.{task}.dataset: {name!r} is not a configured dataset: {known}")
     for run, settings in config["pretrain"].items():
         for name in settings["datasets"]:
             if name not in config["datasets"]:
