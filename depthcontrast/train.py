@@ -82,6 +82,12 @@ def build_model(run: Mapping[str, Any]) -> DepthContrast:
     )
 
 
+def ignore_requeue_signals(_worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM/SIGUSR1 to the trainer: Slurm signals every process of a job step."""
+    for sig in REQUEUE_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class TrainingDiverged(DepthContrastError):
     """The loss became NaN or inf."""
 
@@ -192,6 +198,7 @@ class Trainer:
         self.loader = DataLoader(
             self.dataset, batch_size=run["batch_size"], sampler=self.sampler, num_workers=run["num_workers"],
             pin_memory=self.device.type == "cuda", drop_last=True, persistent_workers=run["num_workers"] > 0,
+            worker_init_fn=ignore_requeue_signals,
         )  # fmt: skip
 
     # ----------------------------------------------------------------------------------- state

@@ -108,11 +108,8 @@ def test_a_finished_dag_has_nothing_left_to_do(built_repo: Path):
 
 def test_forcerun_preprocess_reruns_preprocess_and_downstream_but_never_download(built_repo: Path):
     assert planned_jobs(built_repo, "--forcerun", "preprocess") == {
-        "preprocess": 2,
-        "pretrain": 1,
-        "export": 2,
-        "all": 1,
-    }
+        "preprocess": 2, "pretrain": 1, "export": 2, "finetune": 2, "summary": 1, "all": 1
+    }  # fmt: skip
 
 
 def test_until_preprocess_and_a_changed_param_rerun_only_that_dataset_downstream(built_repo: Path):
