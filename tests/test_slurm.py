@@ -56,7 +56,7 @@ def cluster() -> LocalCluster:
 def slurm_dag(
     cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, subprocess.CompletedProcess, float]:
-    """The demo DAG (pretraining shrunk to 1 epoch) run with `snakemake --profile slurm`: repo, result, wall s."""
+    """The demo DAG (shrunk, see set_demo_epochs) run with `snakemake --profile slurm`: repo, result, wall s."""
     repo = copy_repo(tmp_path_factory.mktemp("slurm_dag") / "repo")
     set_demo_epochs(repo, 1)
     start = time.monotonic()
@@ -65,8 +65,10 @@ def slurm_dag(
 
 
 def set_demo_epochs(repo: Path, epochs: int) -> None:
+    """Shrink the demo: `epochs` of pretraining and a one-seed, one-epoch evaluation (README command (a) runs it all)."""
     config = yaml.safe_load((repo / "config.yaml").read_text())
     config["pretrain"]["demo_pointnet"]["epochs"] = epochs
+    config["evaluate"].update(seeds=[0], linear={"epochs": 1}, finetune={"epochs": 1})
     (repo / "config.yaml").write_text(yaml.safe_dump(config))
 
 
