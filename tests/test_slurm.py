@@ -65,7 +65,7 @@ def slurm_dag(
 
 
 def set_demo_epochs(repo: Path, epochs: int) -> None:
-    """Shrink the demo: `epochs` of pretraining and a one-seed, one-epoch evaluation (README command (a) runs it all)."""
+    """Shrink the demo: `epochs` of pretraining, a one-seed one-epoch evaluation (command (a) runs it all)."""
     config = yaml.safe_load((repo / "config.yaml").read_text())
     config["pretrain"]["demo_pointnet"]["epochs"] = epochs
     config["evaluate"].update(seeds=[0], linear={"epochs": 1}, finetune={"epochs": 1})
