@@ -25,6 +25,7 @@ include: "rules/pretrain.smk"
 include: "rules/export.smk"
 include: "rules/finetune.smk"
 include: "rules/report.smk"
+include: "rules/external.smk"
 
 
 rule all:
@@ -34,4 +35,5 @@ rule all:
         export_outputs(),
         finetune_outputs(),
         summary_outputs(),
+        external_outputs(),
     default_target: True

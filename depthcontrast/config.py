@@ -83,6 +83,14 @@ def _check_references(config: dict[str, Any], source: str) -> None:
             known = ", ".join(sorted(config["datasets"]))
             name = settings["dataset"]
             raise ConfigError(f"{source}: evaluate.tasks.{task}.dataset: {name!r} is not a configured dataset: {known}")
+    for job_name, job in config["external"].items():
+        if job["run"] not in config["pretrain"]:
+            raise ConfigError(f"{source}: external.{job_name}.run: {job['run']!r} is not a pretraining run")
+        if job["target"] not in config["pretrain"][job["run"]]["export_targets"]:
+            raise ConfigError(
+                f"{source}: external.{job_name}.target: {job['target']!r} is not in "
+                f"pretrain.{job['run']}.export_targets"
+            )
     for run, settings in config["pretrain"].items():
         for name in settings["datasets"]:
             if name not in config["datasets"]:

@@ -63,6 +63,18 @@ def finetune_outputs():
     )
 
 
+def external_weights(name):
+    job = config["external"][name]
+    return f"results/export/{job['run']}/{job['target']}.pth"
+
+
+def external_outputs():
+    return expand(
+        "results/finetune/external/{name}/done.json",
+        name=sorted(name for name, job in config["external"].items() if job["enabled"]),
+    )
+
+
 def summary_outputs():
     return ["results/summary.md"] if enabled_runs() else []
 
@@ -72,3 +84,4 @@ wildcard_constraints:
     run=names_pattern(config["pretrain"]),
     target="votenet|h3dnet|plain|minkunet_seg|openpcdet",
     task=names_pattern(config["evaluate"]["tasks"]),
+    name=names_pattern(config["external"]),

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,12 @@ from tests.conftest import run_snakemake
 pytestmark = pytest.mark.slow
 DATASETS = ("demo_indoor", "demo_lidar")
 DEMO_EPOCHS = 2
+# a stand-in for a downstream code base's training command: loads the weights as the VoteNet fork does
+EXTERNAL_COMMAND = (
+    f"{sys.executable} -c \"import sys, torch; model = torch.load(sys.argv[1], weights_only=True)['model'];"
+    " assert all(k.startswith('module.trunk.0.') for k in model);"
+    " open(sys.argv[2] + '/loaded.txt', 'w').write(str(len(model)))\" {weights} {out}"
+)
 
 
 def planned_jobs(repo: Path, *args: str) -> dict[str, int]:
@@ -37,6 +44,8 @@ def built_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = yaml.safe_load((repo / "config.yaml").read_text())
     config["pretrain"]["demo_pointnet"]["epochs"] = DEMO_EPOCHS  # the full demo is README command (a)
     config["evaluate"].update(seeds=[0, 1], linear={"epochs": 2}, finetune={"epochs": 1})
+    config["external"] = {"votenet_check": {"enabled": True, "run": "demo_pointnet", "target": "votenet",
+                                            "workdir": str(repo), "command": EXTERNAL_COMMAND}}  # fmt: skip
     (repo / "config.yaml").write_text(yaml.safe_dump(config))
     run_snakemake(repo, "--cores", "2")
     return repo
@@ -88,6 +97,12 @@ def test_the_dag_ends_with_the_downstream_table_and_plots(built_repo: Path):
     metrics = json.loads((built_repo / "results/finetune/demo_pointnet/indoor_seg/metrics.json").read_text())
     assert set(metrics["results"]) == {"linear", "finetune"}
     assert "within_noise" in metrics["results"]["linear"]["pretrained_minus_scratch"]["miou"]
+
+
+def test_an_enabled_external_job_runs_on_the_exported_weights(built_repo: Path):
+    out = built_repo / "results/finetune/external/votenet_check"
+    assert int((out / "loaded.txt").read_text()) > 0
+    assert json.loads((out / "done.json").read_text())["exit_status"] == 0
 
 
 def test_changing_export_targets_reruns_only_export(built_repo: Path):

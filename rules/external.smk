@@ -1,0 +1,23 @@
+# Optional: real downstream code bases (VoteNet, OpenPCDet, ...) finetuned on the exported weights,
+# through the user's own templated command (config `external:`, every job off unless enabled).
+
+
+rule external_finetune:
+    input:
+        weights=lambda wildcards: external_weights(wildcards.name),
+    output:
+        done="results/finetune/external/{name}/done.json",
+    params:
+        job=lambda wildcards: config["external"][wildcards.name],
+    log:
+        "results/logs/external/{name}.log",
+    benchmark:
+        "results/benchmarks/external/{name}.tsv"
+    threads: 1
+    resources:
+        mem_mb=16000,
+        runtime=2880,
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow_scripts/external.py"
