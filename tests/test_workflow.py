@@ -123,7 +123,7 @@ def test_a_finished_dag_has_nothing_left_to_do(built_repo: Path):
 
 def test_forcerun_preprocess_reruns_preprocess_and_downstream_but_never_download(built_repo: Path):
     assert planned_jobs(built_repo, "--forcerun", "preprocess") == {
-        "preprocess": 2, "pretrain": 1, "export": 2, "finetune": 2, "summary": 1, "all": 1
+        "preprocess": 2, "pretrain": 1, "export": 2, "finetune": 2, "summary": 1, "external_finetune": 1, "all": 1
     }  # fmt: skip
 
 
@@ -135,7 +135,7 @@ def test_until_preprocess_and_a_changed_param_rerun_only_that_dataset_downstream
     try:
         config_path.write_text(yaml.safe_dump(config))
         assert planned_jobs(built_repo) == {
-            "preprocess": 1, "pretrain": 1, "export": 2, "finetune": 2, "summary": 1, "all": 1
+            "preprocess": 1, "pretrain": 1, "export": 2, "finetune": 2, "summary": 1, "external_finetune": 1, "all": 1
         }  # fmt: skip
         assert planned_jobs(built_repo, "--until", "preprocess") == {"preprocess": 1}
     finally:
@@ -149,6 +149,13 @@ def test_a_changed_pretraining_param_reruns_only_pretrain(built_repo: Path):
     config["pretrain"]["demo_pointnet"]["optimizer"]["lr"] = 0.01
     try:
         config_path.write_text(yaml.safe_dump(config))
-        assert planned_jobs(built_repo) == {"pretrain": 1, "export": 2, "finetune": 2, "summary": 1, "all": 1}
+        assert planned_jobs(built_repo) == {
+            "pretrain": 1,
+            "export": 2,
+            "finetune": 2,
+            "summary": 1,
+            "external_finetune": 1,
+            "all": 1,
+        }
     finally:
         config_path.write_text(original)
