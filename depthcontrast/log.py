@@ -6,7 +6,7 @@ import logging
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TextIO, TypeVar
+from typing import Any, TextIO, TypeVar
 
 from tqdm import tqdm
 
@@ -47,16 +47,18 @@ def progress_stream() -> TextIO | _LineStream:
     return sys.stderr if sys.stderr.isatty() else _LineStream(sys.stderr)
 
 
-def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
-    """A tqdm bar on a terminal; on a file or pipe, a plain line every ~10 s instead of \\r spam."""
+def progress_bar(**tqdm_args: Any) -> tqdm:
+    """A tqdm bar with the project's settings: live on a terminal, a plain line every ~10 s in a log file."""
     interactive = sys.stderr.isatty()
-    yield from tqdm(
-        items,
-        desc=desc,
-        total=total,
-        unit=unit,
+    return tqdm(
         file=progress_stream(),
         dynamic_ncols=interactive,
         mininterval=0.1 if interactive else 10.0,
         ascii=not interactive,
+        **tqdm_args,
     )
+
+
+def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
+    """Iterate `items` behind a progress_bar."""
+    yield from progress_bar(iterable=items, desc=desc, total=total, unit=unit)

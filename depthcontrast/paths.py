@@ -7,7 +7,7 @@ import re
 
 from depthcontrast.errors import ConfigError
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+ENV_VAR_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")  # ${VAR}
 
 
 def expand_env(text: str, what: str) -> str:
@@ -19,4 +19,4 @@ def expand_env(text: str, what: str) -> str:
             raise ConfigError(f"{what}: environment variable {name} is not set (used as ${{{name}}})")
         return os.environ[name]
 
-    return _VAR.sub(lookup, text)
+    return ENV_VAR_PATTERN.sub(lookup, text)

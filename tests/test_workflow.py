@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,21 @@ EXTERNAL_COMMAND = (
     " assert all(k.startswith('module.trunk.0.') for k in model);"
     " open(sys.argv[2] + '/loaded.txt', 'w').write(str(len(model)))\" {weights} {out}"
 )
+
+
+@contextlib.contextmanager
+def edited_config(repo: Path) -> Iterator[dict]:
+    """The repo's config to edit (then `write_config`); the original file is put back afterwards."""
+    path = repo / "config.yaml"
+    original = path.read_text()
+    try:
+        yield yaml.safe_load(original)
+    finally:
+        path.write_text(original)
+
+
+def write_config(repo: Path, config: dict) -> None:
+    (repo / "config.yaml").write_text(yaml.safe_dump(config))
 
 
 def planned_jobs(repo: Path, *args: str) -> dict[str, int]:
@@ -106,15 +123,10 @@ def test_an_enabled_external_job_runs_on_the_exported_weights(built_repo: Path):
 
 
 def test_changing_export_targets_reruns_only_export(built_repo: Path):
-    config_path = built_repo / "config.yaml"
-    original = config_path.read_text()
-    config = yaml.safe_load(original)
-    config["pretrain"]["demo_pointnet"]["export_targets"] = ["votenet", "plain", "h3dnet"]
-    try:
-        config_path.write_text(yaml.safe_dump(config))
+    with edited_config(built_repo) as config:
+        config["pretrain"]["demo_pointnet"]["export_targets"] = ["votenet", "plain", "h3dnet"]
+        write_config(built_repo, config)
         assert planned_jobs(built_repo) == {"export": 1, "all": 1}
-    finally:
-        config_path.write_text(original)
 
 
 def test_a_finished_dag_has_nothing_left_to_do(built_repo: Path):
@@ -128,27 +140,19 @@ def test_forcerun_preprocess_reruns_preprocess_and_downstream_but_never_download
 
 
 def test_until_preprocess_and_a_changed_param_rerun_only_that_dataset_downstream(built_repo: Path):
-    config_path = built_repo / "config.yaml"
-    original = config_path.read_text()
-    config = yaml.safe_load(original)
-    config["datasets"]["demo_lidar"]["preprocess"]["min_points"] = 600
-    try:
-        config_path.write_text(yaml.safe_dump(config))
+    with edited_config(built_repo) as config:
+        config["datasets"]["demo_lidar"]["preprocess"]["min_points"] = 600
+        write_config(built_repo, config)
         assert planned_jobs(built_repo) == {
             "preprocess": 1, "pretrain": 1, "export": 2, "finetune": 2, "summary": 1, "external_finetune": 1, "all": 1
         }  # fmt: skip
         assert planned_jobs(built_repo, "--until", "preprocess") == {"preprocess": 1}
-    finally:
-        config_path.write_text(original)
 
 
 def test_a_changed_pretraining_param_reruns_only_pretrain(built_repo: Path):
-    config_path = built_repo / "config.yaml"
-    original = config_path.read_text()
-    config = yaml.safe_load(original)
-    config["pretrain"]["demo_pointnet"]["optimizer"]["lr"] = 0.01
-    try:
-        config_path.write_text(yaml.safe_dump(config))
+    with edited_config(built_repo) as config:
+        config["pretrain"]["demo_pointnet"]["optimizer"]["lr"] = 0.01
+        write_config(built_repo, config)
         assert planned_jobs(built_repo) == {
             "pretrain": 1,
             "export": 2,
@@ -157,5 +161,3 @@ def test_a_changed_pretraining_param_reruns_only_pretrain(built_repo: Path):
             "external_finetune": 1,
             "all": 1,
         }
-    finally:
-        config_path.write_text(original)

@@ -14,7 +14,6 @@ import http.client
 import logging
 import os
 import re
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -27,7 +26,8 @@ from tqdm import tqdm
 from depthcontrast import __version__
 from depthcontrast.errors import ConfigError, DownloadError
 from depthcontrast.io_utils import sha256_file
-from depthcontrast.paths import expand_env
+from depthcontrast.log import progress_bar
+from depthcontrast.paths import ENV_VAR_PATTERN, expand_env
 
 LOG = logging.getLogger(__name__)
 
@@ -36,7 +36,6 @@ PART_PREFIX = "."
 PART_SUFFIX = ".part"
 USER_AGENT = f"depthcontrast-pipeline/{__version__}"
 URL_SCHEMES = ("http", "https")
-ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")  # as in depthcontrast.paths.expand_env
 # Client errors that say "try again later" rather than "this request is wrong".
 RETRYABLE_CLIENT_STATUS = (408, 429)
 CREDENTIAL_STATUS = (401, 403)
@@ -255,7 +254,7 @@ def _raise_for_status(shown_url: str, code: int, reason: str) -> NoReturn:
     if code >= 500 or code in RETRYABLE_CLIENT_STATUS:
         raise _Transient(f"HTTP {code} {reason}")
     if code in CREDENTIAL_STATUS:
-        variables = ENV_VAR.findall(shown_url)
+        variables = ENV_VAR_PATTERN.findall(shown_url)
         where = f"the token in {', '.join(variables)}" if variables else "the credentials in the URL"
         advice = f"check {where} (signed URLs expire)"
     elif code == 404:
@@ -271,17 +270,6 @@ def _describe(exc: BaseException | str) -> str:
 
 
 def _byte_bar(desc: str, initial: int, remaining: int | None) -> tqdm:
-    """A byte-count tqdm bar following depthcontrast.log.progress: plain lines every ~10 s off a TTY."""
-    interactive = sys.stderr.isatty()
-    return tqdm(
-        desc=desc,
-        initial=initial,
-        total=None if remaining is None else initial + remaining,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        file=sys.stderr,
-        dynamic_ncols=interactive,
-        mininterval=0.1 if interactive else 10.0,
-        ascii=not interactive,
-    )
+    """A byte-count progress bar (depthcontrast.log settings)."""
+    total = None if remaining is None else initial + remaining
+    return progress_bar(desc=desc, initial=initial, total=total, unit="B", unit_scale=True, unit_divisor=1024)
