@@ -42,7 +42,7 @@ from depthcontrast.launch import world_from_environment
 from depthcontrast.train import Trainer
 
 TARGET_EFFICIENCY = 0.90
-SMOKE = {"batch": 4, "points": 1024, "frames": 48, "steps": 3, "warmup": 1, "workers": 1}
+SMOKE = {"batch": 4, "points": 1024, "frames": 48, "steps": 3, "warmup": 1, "workers_per_gpu": 1}
 SMOKE_BACKBONE = {"npoints": [128, 64, 32, 16], "head_dims": [512, 64, 32]}
 SMOKE_LOSS = {"num_negatives": 64, "embedding_dim": 32}
 
@@ -84,17 +84,17 @@ def measure(trainer: Trainer, steps: int, warmup: int) -> dict[str, float]:
 
     batches = endless_batches()
 
-    def step(split: dict[str, list[float]] | None) -> None:
+    def train_step(views: tuple[torch.Tensor, ...]) -> None:
+        with trainer.autocast:
+            loss, _ = module({"point": views})
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def timed_step(split: dict[str, list[float]]) -> None:
         tick = time.perf_counter()
         batch = next(batches)
         views = tuple(batch[key].to(device, non_blocking=True) for key in ("view_a", "view_b"))
-        if split is None:
-            with trainer.autocast:
-                loss, _ = module({"point": views})
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            return
         synchronize(device)
         marks = [tick, time.perf_counter()]
         gathers: list[float] = []
@@ -113,19 +113,33 @@ def measure(trainer: Trainer, steps: int, warmup: int) -> dict[str, float]:
             split[key].append((end - start) * 1000)
         split["all_gather"].append(sum(gathers))
 
+    def samples_per_s(next_views: Callable[[], tuple[torch.Tensor, ...]]) -> tuple[float, float]:
+        """Global samples/s over unsynchronised steps, and the mean ms per step spent waiting for views."""
+        synchronize(device)
+        if trainer.world.distributed:
+            torch.distributed.barrier()
+        waited, start = 0.0, time.perf_counter()
+        for _ in range(steps):
+            tick = time.perf_counter()
+            views = next_views()
+            waited += time.perf_counter() - tick
+            train_step(views)
+        synchronize(device)
+        return steps * global_batch / (time.perf_counter() - start), waited * 1000 / steps
+
+    def loaded_views() -> tuple[torch.Tensor, ...]:
+        batch = next(batches)
+        return tuple(batch[key].to(device, non_blocking=True) for key in ("view_a", "view_b"))
+
     split: dict[str, list[float]] = {key: [] for key in ("data", "forward", "all_gather", "backward", "optimizer")}
-    for i in range(warmup + steps):
-        step(split if i >= warmup else None)
-    synchronize(device)
-    if trainer.world.distributed:
-        torch.distributed.barrier()
-    start = time.perf_counter()
+    for _ in range(warmup):
+        train_step(loaded_views())
     for _ in range(steps):
-        step(None)
-    synchronize(device)
-    elapsed = time.perf_counter() - start
+        timed_step(split)
     result = {key: statistics.median(values) for key, values in split.items()}
-    result["samples_per_s"] = steps * global_batch / elapsed
+    result["samples_per_s"], result["unsynced_data_ms"] = samples_per_s(loaded_views)
+    cached = loaded_views()
+    result["gpu_only_samples_per_s"], _ = samples_per_s(lambda: cached)
     result["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
     return result
 
@@ -150,7 +164,7 @@ def worker(args: argparse.Namespace) -> None:
 def launch(gpus: int, args: argparse.Namespace, shards: Path, tmp: Path) -> dict[str, float]:
     """torchrun this file in worker mode on `gpus` processes; rank 0's measured figures."""
     result = tmp / f"result-{gpus}-{args.scale}-{args.precision}.json"
-    workers = max(1, args.cpus // gpus - 1) if not args.smoke else SMOKE["workers"]
+    workers = args.workers_per_gpu or max(1, args.cpus // gpus - 1)
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}", __file__,
         "--worker", "--shards", str(shards), "--out", str(tmp / f"out-{gpus}"), "--result", str(result),
@@ -176,6 +190,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="loader workers split over GPUs")
+    parser.add_argument("--workers-per-gpu", type=int, help="default: CPUs / GPUs - 1 (one core per trainer)")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script on CPU")
     # worker mode (set by launch)
@@ -188,7 +203,7 @@ def main() -> None:
         worker(args)
         return
     if args.smoke:
-        vars(args).update({k: v for k, v in SMOKE.items() if k != "workers"})
+        vars(args).update(SMOKE)
     if args.device == "cuda" and torch.cuda.device_count() < max(args.gpus):
         raise SystemExit(f"bench/ddp_scaling.py needs {max(args.gpus)} CUDA GPUs, torch sees "
                          f"{torch.cuda.device_count()}")  # fmt: skip
@@ -197,22 +212,26 @@ def main() -> None:
     print(f"# {datetime.date.today()} {name} | torch {torch.__version__} | Python {platform.python_version()} | "
           f"PointNet++ {args.scale}x, batch {args.batch}/GPU x {args.points} points/view | "
           f"{args.cpus} CPUs")  # fmt: skip
-    print("| GPUs | precision | samples/s | efficiency | workers/GPU | data ms | forward ms | of which all-gather ms "
-          "| backward ms | optimizer ms | peak GiB (rank 0) |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| GPUs | precision | samples/s | efficiency | data wait ms/step | GPU-only samples/s | GPU-only efficiency "
+          "| workers/GPU | data ms | forward ms | of which all-gather ms | backward ms | optimizer ms "
+          "| peak GiB (rank 0) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         shards = write_shards(tmp / "shards", args.frames)
         for precision in args.precisions:
             args.precision = precision
-            base = None
+            base: dict[str, float] = {}
             for gpus in args.gpus:
                 r = launch(gpus, args, shards, tmp)
-                base = base or r["samples_per_s"] / gpus
-                efficiency = r["samples_per_s"] / (gpus * base)
+                for key in ("samples_per_s", "gpu_only_samples_per_s"):
+                    base.setdefault(key, r[key] / gpus)
+                efficiency = r["samples_per_s"] / (gpus * base["samples_per_s"])
+                gpu_only = r["gpu_only_samples_per_s"] / (gpus * base["gpu_only_samples_per_s"])
                 verdict = " (target met)" if efficiency >= TARGET_EFFICIENCY else " (below target)"
                 mark = "" if gpus == args.gpus[0] else verdict
                 print(f"| {gpus} | {precision} | {r['samples_per_s']:.1f} | {efficiency:.1%}{mark} | "
+                      f"{r['unsynced_data_ms']:.1f} | {r['gpu_only_samples_per_s']:.1f} | {gpu_only:.1%} | "
                       f"{r['workers_per_gpu']} | {r['data']:.1f} | {r['forward']:.1f} | {r['all_gather']:.1f} | "
                       f"{r['backward']:.1f} | {r['optimizer']:.1f} | {r['peak_gib']:.1f} |", flush=True)  # fmt: skip
 
