@@ -91,6 +91,20 @@ def _sample_indices(rng: np.random.Generator, available: int, count: int) -> np.
     return rng.choice(available, count, replace=available < count)
 
 
+def _inside_box(columns: np.ndarray, low: np.ndarray, high: np.ndarray, strict: bool) -> np.ndarray:
+    """Mask [P] of the points (columns: [axes, P]) with low ≤ p ≤ high on every axis (low < p < high if strict).
+
+    Compares in the bounds' dtype (float64 bounds against float32 points compare in float64), as an
+    elementwise test on the [P, axes] array would.
+    """
+    above, below = (np.greater, np.less) if strict else (np.greater_equal, np.less_equal)
+    inside = above(columns[0], low[0]) & below(columns[0], high[0])
+    for axis in range(1, len(columns)):
+        inside &= above(columns[axis], low[axis])
+        inside &= below(columns[axis], high[axis])
+    return inside
+
+
 def _rotation(axis: int, angle: float, dtype: np.dtype) -> np.ndarray:
     """Right-handed rotation matrix by `angle` about coordinate axis `axis` (0 = x, 1 = y, 2 = z)."""
     c, s = math.cos(angle), math.sin(angle)
@@ -141,10 +155,11 @@ class RandomCuboid:
 
     def __call__(self, cloud: PointCloud, rng: np.random.Generator) -> PointCloud:
         coords = cloud.xyz[:, : self.AXES]
-        half = (coords.max(axis=0) - coords.min(axis=0)) * self._fractions(rng) / 2.0
+        columns = np.ascontiguousarray(coords.T)  # reductions and tests on contiguous rows: far faster than [P, 3]
+        half = (columns.max(axis=1) - columns.min(axis=1)) * self._fractions(rng) / 2.0
         for _ in range(self.max_tries):
             centre = coords[rng.integers(len(coords))]
-            inside = np.all((coords <= centre + half) & (coords >= centre - half), axis=1)
+            inside = _inside_box(columns, centre - half, centre + half, strict=False)
             if np.count_nonzero(inside) > self.npoints:
                 break
         return cloud.select(inside)
@@ -173,10 +188,10 @@ class RandomDrop:
         _check(0 < self.crop <= 1, self.NAME, f"crop must be in (0, 1], got {self.crop}")
 
     def __call__(self, cloud: PointCloud, rng: np.random.Generator) -> PointCloud:
-        xyz = cloud.xyz
-        half = (xyz.max(axis=0) - xyz.min(axis=0)) * self.crop / 2.0
-        centre = xyz[rng.integers(len(xyz))]
-        inside = np.all((xyz < centre + half) & (xyz > centre - half), axis=1)
+        columns = np.ascontiguousarray(cloud.xyz.T)
+        half = (columns.max(axis=1) - columns.min(axis=1)) * self.crop / 2.0
+        centre = cloud.xyz[rng.integers(len(cloud))]
+        inside = _inside_box(columns, centre - half, centre + half, strict=True)
         return cloud.select(~inside)
 
 
