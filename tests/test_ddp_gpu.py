@@ -1,11 +1,11 @@
-"""DDP with NCCL on two GPUs of one machine, through torchrun and the real CLI (skipped with fewer GPUs).
+"""DDP with NCCL on one and two GPUs of one machine, through torchrun and the real CLI (skipped without).
 
 - A 2-GPU run at batch B per GPU sees the same global batches and views as a 1-GPU run at batch 2B
   (data/sampler.py, data/views.py), so its loss must track the 1-GPU run's; only BatchNorm statistics
   (per GPU), the key batch-shuffle permutation and float reduction order differ. The yardstick is the
   gap between two 1-GPU runs that differ only in the seed.
-- A 2-GPU run whose processes get SIGTERM mid-epoch (as Slurm signals every task) checkpoints, exits
-  75 on both ranks, and `--resume` continues from the checkpoint to the same number of steps with
+- A 1- or 2-GPU run whose processes get SIGTERM mid-epoch (as Slurm signals every task) checkpoints, exits
+  75 on every rank, and `--resume` continues from the checkpoint to the same number of steps with
   every step logged once.
 
 CPU twins of both (gloo) are in tests/test_train.py and tests/test_slurm.py. Run with
@@ -33,10 +33,8 @@ from depthcontrast.data.records import Sample
 from depthcontrast.data.shards import ShardWriter
 from depthcontrast.train import EXIT_REQUEUE
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs"),
-]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 
 FRAMES, FRAME_POINTS = 256, 20_000
 GLOBAL_BATCH = 32
@@ -102,6 +100,7 @@ def mean_gap(a: dict[int, float], b: dict[int, float]) -> float:
     return statistics.fmean(abs(a[step] - b[step]) for step in a)
 
 
+@two_gpus
 def test_two_gpu_loss_tracks_a_one_gpu_run_at_the_same_global_batch(shards: Path, tmp_path: Path):
     runs = {
         "1gpu": (1, {**RUN, "batch_size": GLOBAL_BATCH}),
@@ -137,26 +136,27 @@ def worker_pids(launcher: int) -> list[int]:
     return pids
 
 
-def test_a_signalled_two_gpu_run_exits_75_and_resumes_from_its_checkpoint(shards: Path, tmp_path: Path):
-    run = {**RUN, "batch_size": GLOBAL_BATCH // 2}
+@pytest.mark.parametrize("gpus", [1, pytest.param(2, marks=two_gpus)])
+def test_a_signalled_gpu_run_exits_75_and_resumes_from_its_checkpoint(shards: Path, tmp_path: Path, gpus: int):
+    run = {**RUN, "batch_size": GLOBAL_BATCH // gpus}
     out = tmp_path / "killed"
-    process = torchrun(2, run, shards, out)
+    process = torchrun(gpus, run, shards, out)
     metrics = out / "resume" / "metrics.csv"
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while not (metrics.exists() and len(metrics.read_text().splitlines()) > STEPS // 2):  # mid-run, past epoch 1
         assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be signalled"
         time.sleep(0.5)
     workers = worker_pids(process.pid)
-    assert len(workers) == 2
+    assert len(workers) == gpus
     for pid in workers:
         os.kill(pid, signal.SIGTERM)
     assert finish(process, out) != 0  # torchrun reports its workers' exit 75 as a failure
     log = (out.parent / "killed.log").read_text()
     assert log.count(f"exit {EXIT_REQUEUE} to be requeued") >= 1
     stopped = load_checkpoint(out / "resume" / "last.pth", map_location="cpu")
-    assert 0 < stopped["step"] < STEPS and stopped["world_size"] == 2
+    assert 0 < stopped["step"] < STEPS and stopped["world_size"] == gpus
 
-    assert finish(torchrun(2, run, shards, out, "--resume"), out) == 0
+    assert finish(torchrun(gpus, run, shards, out, "--resume"), out) == 0
     resumed_log = (out.parent / "killed.log").read_text()
     assert f"at epoch {stopped['epoch']}, batch {stopped['batch']}" in resumed_log
     final = load_checkpoint(out / "last.pth", map_location="cpu")
