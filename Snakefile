@@ -1,6 +1,7 @@
 # depthcontrast-pipeline: raw scans -> HDF5 shards -> pretraining -> export -> evaluation.
 # This file is a table of contents; the rules are in rules/, the logic in the depthcontrast package.
 import sys
+from pathlib import Path
 
 from depthcontrast.config import validate_config
 from depthcontrast.errors import ConfigError
@@ -37,3 +38,10 @@ rule all:
         summary_outputs(),
         external_outputs(),
     default_target: True
+
+
+# With failed jobs (--keep-going runs the rest), results/summary.md still covers what finished.
+onerror:
+    from depthcontrast.report import summarize_after_failure  # here: matplotlib only when it is needed
+
+    summarize_after_failure(Path("results"), enabled_runs(), sorted(config["evaluate"]["tasks"]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ from pathlib import Path
 from depthcontrast import __version__
 from depthcontrast.errors import ConfigError, DepthContrastError
 from depthcontrast.log import setup_logging
+from depthcontrast.slurm import TaskLayout
 
 log = logging.getLogger("depthcontrast")
 EXIT_USER_ERROR = 2
@@ -35,7 +37,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
         json.dump(config, sys.stdout, indent=2, sort_keys=True)
         print()
     else:
-        print(f"{args.config}: valid ({len(config['datasets'])} datasets)")
+        print(f"{args.config}: valid ({len(config['datasets'])} datasets, {len(config['pretrain'])} pretraining runs)")
 
 
 def cmd_download(args: argparse.Namespace) -> None:
@@ -57,21 +59,26 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
     print(json.dumps(summary, sort_keys=True))
 
 
-def _run_settings(args: argparse.Namespace) -> tuple[dict, list[Path]]:
-    """The run's validated settings and shard folders: from --config/--run, or --run-json from the workflow."""
+def _run_settings(args: argparse.Namespace) -> tuple[dict, list[Path], TaskLayout]:
+    """The run's validated training settings, shard folders and task layout: from --config/--run, or --run-json
+    from the workflow; layout flags override the run's `resources:` block."""
     from depthcontrast.config import load_config
 
     if args.run_json:
         run = json.loads(args.run_json)
         shards = [Path(p) for p in args.shards]
+        layout = TaskLayout()
     else:
         config = load_config(args.config)
         if args.run not in config["pretrain"]:
             known = ", ".join(sorted(config["pretrain"])) or "none"
             raise ConfigError(f"{args.config}: no pretrain run {args.run!r} (configured: {known})")
-        run = config["pretrain"][args.run]
+        run = dict(config["pretrain"][args.run])
+        layout = TaskLayout.of_run(run.pop("resources"))  # how to run it, not what is trained
         shards = [Path(p) for p in args.shards] or [Path(args.results) / "shards" / d for d in run["datasets"]]
-    return run, shards
+    flags = {"nodes": args.nodes, "tasks_per_node": args.tasks_per_node, "gpus_per_task": args.gpus_per_task,
+             "cpus_per_task": args.cpus_per_task}  # fmt: skip
+    return run, shards, dataclasses.replace(layout, **{k: v for k, v in flags.items() if v is not None})
 
 
 def _pretrain_worker(local: int, args: argparse.Namespace, run: dict, shards: list[Path]) -> None:
@@ -92,9 +99,15 @@ def _pretrain_out(args: argparse.Namespace) -> Path:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from depthcontrast.launch import world_from_environment
+    from depthcontrast.slurm import in_allocation_outside_step, srun_command
     from depthcontrast.train import EXIT_REQUEUE, pretrain
 
-    run, shards = _run_settings(args)
+    run, shards, layout = _run_settings(args)
+    if layout.world_size > 1 and not args.multiprocessing_distributed and in_allocation_outside_step():
+        command = srun_command(layout, [sys.executable, "-m", "depthcontrast", *args.argv])
+        log.info("starting %d tasks: %s", layout.world_size, " ".join(command[: command.index(sys.executable)]))
+        logging.shutdown()
+        os.execvp(command[0], command)  # srun forwards Slurm's signals to every task
     if args.multiprocessing_distributed:
         import torch.multiprocessing as mp
 
@@ -104,6 +117,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             return EXIT_REQUEUE if exc.exit_code == EXIT_REQUEUE else 1
         return 0
     world = world_from_environment()
+    if layout.world_size > 1 and not world.distributed:
+        log.warning("pretrain %s asks for %d tasks, but this is no Slurm allocation: training as one process "
+                    "(start it with srun or torchrun for more)", args.run, layout.world_size)  # fmt: skip
     return pretrain(args.run, run, shards, _pretrain_out(args), world, resume=args.resume, device=args.device)
 
 
@@ -118,6 +134,20 @@ def cmd_import_seed(args: argparse.Namespace) -> None:
     from depthcontrast.export import import_seed_checkpoint
 
     print(import_seed_checkpoint(Path(args.checkpoint), Path(args.out), trust_pickle=args.trust_pickle))
+
+
+def cmd_summarize(args: argparse.Namespace) -> int:
+    from depthcontrast.config import load_config
+    from depthcontrast.report import summarize_results
+
+    config = load_config(args.config)
+    runs = sorted(name for name, run in config["pretrain"].items() if run["enabled"])
+    statuses = summarize_results(Path(args.results), runs, sorted(config["evaluate"]["tasks"]))
+    for status in statuses:
+        missing = ", ".join(f"{task}: {why}" for task, why in status.missing_tasks)
+        print(f"{status.run}\t{status.state}\t{status.detail or (f'evaluation missing: {missing}' if missing else '')}")
+    print(f"wrote {Path(args.results) / 'summary.md'}", file=sys.stderr)
+    return 0 if all(status.complete for status in statuses) else 1
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -171,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="output folder (default: results/pretrain/<run>)")
     train.add_argument("--resume", action="store_true", help="continue from <out>/resume/last.pth if present")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    tasks = train.add_argument_group(
+        "task layout (default: the run's `resources:`); inside a Slurm allocation, outside srun, more than one "
+        "task is started with srun"
+    )
+    tasks.add_argument("--nodes", type=int)
+    tasks.add_argument("--tasks-per-node", type=int, help="processes per node (one per GPU)")
+    tasks.add_argument("--gpus-per-task", type=int, help="0 (CPU) or 1")
+    tasks.add_argument("--cpus-per-task", type=int)
     seed_flags = train.add_argument_group("the seed's launcher flags (one node spawns --ngpus processes)")
     seed_flags.add_argument("--multiprocessing-distributed", action="store_true")
     seed_flags.add_argument("--world-size", type=int, default=1, help="number of nodes")
@@ -193,6 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seed.set_defaults(func=cmd_import_seed)
 
+    summarize = sub.add_parser(
+        "summarize", help="each run's state (finished, stopped, failed, not run); results/summary.md of what finished"
+    )
+    summarize.add_argument("--config", default="config.yaml")
+    summarize.add_argument("--results", default="results")
+    summarize.set_defaults(func=cmd_summarize)
+
     inspect = sub.add_parser("inspect", help="summarise a folder of shards (checks sha256 by default)")
     inspect.add_argument("shard_dir")
     inspect.add_argument("--head", type=int, default=5)
@@ -203,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # to start the same command as srun tasks
     setup_logging(args.log, debug=args.debug)
     try:
         return args.func(args) or 0

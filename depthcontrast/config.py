@@ -13,6 +13,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
 from depthcontrast.errors import ConfigError
+from depthcontrast.sweeps import expand_sweeps
 
 SCHEMA_FILE = "config.schema.yaml"
 
@@ -62,13 +63,16 @@ def _one_line(error: ValidationError, source: str) -> str:
 
 
 def validate_config(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
-    """Return a validated deep copy of `config` with defaults filled; raise ConfigError in one line."""
+    """Return a validated deep copy of `config` with defaults filled and sweeps expanded into `pretrain:` runs;
+    raise ConfigError in one line."""
     filled = copy.deepcopy(config)
     validator = _DefaultFillingValidator(load_schema())
     errors = list(validator.iter_errors(filled))
     if errors:
         raise ConfigError(_one_line(_deepest(errors), source))
-    # a second pass: defaults filled inside conditional branches may be checked only now
+    expand_sweeps(filled, source)  # the sweeps' runs join `pretrain:` and are checked like the others
+    filled.pop("sweeps")
+    # a second pass: defaults filled inside conditional branches, and the sweeps' runs, are checked only now
     errors = list(_DefaultFillingValidator(load_schema()).iter_errors(filled))
     if errors:
         raise ConfigError(_one_line(_deepest(errors), source))
@@ -77,7 +81,8 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
 
 
 def _check_references(config: dict[str, Any], source: str) -> None:
-    """Cross-key checks the schema cannot express: runs and evaluation tasks name configured datasets."""
+    """Cross-key checks the schema cannot express: runs and evaluation tasks name configured datasets, and a
+    run's time-limit signal comes before its time limit."""
     for task, settings in config["evaluate"]["tasks"].items():
         if settings["dataset"] not in config["datasets"]:
             known = ", ".join(sorted(config["datasets"]))
@@ -96,6 +101,12 @@ def _check_references(config: dict[str, Any], source: str) -> None:
             if name not in config["datasets"]:
                 known = ", ".join(sorted(config["datasets"]))
                 raise ConfigError(f"{source}: pretrain.{run}.datasets: {name!r} is not a configured dataset ({known})")
+        resources = settings["resources"]
+        if resources["signal_before_limit_s"] >= 60 * resources["runtime"]:
+            raise ConfigError(
+                f"{source}: pretrain.{run}.resources: signal_before_limit_s ({resources['signal_before_limit_s']}) "
+                f"must be shorter than runtime ({resources['runtime']} min), or every attempt stops at once"
+            )
 
 
 def _deepest(errors: list[ValidationError]) -> ValidationError:

@@ -2,8 +2,9 @@
 
 Three ways to start N processes, one rule for rank/world:
 - torchrun / torch.distributed.run: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT are set.
-- srun (one task per GPU): SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_JOB_NODELIST; the first
-  node of the allocation is the rendezvous host, the port is derived from the job id.
+- srun (one task per GPU): SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_JOB_NODELIST in a job step
+  (SLURM_STEP_ID; a batch script has SLURM_PROCID=0 too, but is one process); the first node of the
+  allocation is the rendezvous host, the port is derived from the job id.
 - the seed's `--multiprocessing-distributed --world-size NODES --rank NODE --ngpus G --dist-url URL`:
   this process spawns G workers; global rank = NODE * G + local, world = NODES * G.
 Otherwise: a single process (world size 1, no process group).
@@ -62,7 +63,7 @@ def world_from_environment(env: dict[str, str] | None = None) -> WorldInfo:
         world = int(env["WORLD_SIZE"])
         init = "env://" if world > 1 else None
         return WorldInfo(int(env["RANK"]), world, int(env.get("LOCAL_RANK", 0)), init)
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+    if "SLURM_STEP_ID" in env and "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
         host = _first_slurm_host(env.get("SLURM_JOB_NODELIST") or env["SLURM_NODELIST"])
         port = env.get("MASTER_PORT") or str(SLURM_PORT_BASE + int(env.get("SLURM_JOB_ID", "0")) % SLURM_PORT_SPAN)
         return WorldInfo(
@@ -82,13 +83,15 @@ def world_from_seed_flags(node_rank: int, num_nodes: int, gpus_per_node: int, lo
 
 
 def device_for(world: WorldInfo, requested: str = "auto") -> torch.device:
-    """cuda:<local_rank> when CUDA is available (and not refused), else cpu."""
+    """cuda:<local_rank> when CUDA is available (and not refused), else cpu. A task that sees one GPU only
+    (srun --gpus-per-task=1 binds one to each task) takes that one."""
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise ConfigError("device 'cuda' requested but torch sees no CUDA GPU")
-    torch.cuda.set_device(world.local_rank)
-    return torch.device("cuda", world.local_rank)
+    index = world.local_rank % torch.cuda.device_count()
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
 
 
 def init_process_group(world: WorldInfo, device: torch.device) -> None:

@@ -1,12 +1,15 @@
 """The run summary: loss curves, throughput and the downstream table, as PNG plots and Markdown.
 
-`results/summary.md` reads well in a terminal; the plots also go into `snakemake --report`.
+`results/summary.md` reads well in a terminal; the plots also go into `snakemake --report`. When some runs
+did not finish (a sweep with a failed run), the summary covers the finished ones and lists the others.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
 from depthcontrast.io_utils import atomic_path, atomic_write_bytes
+from depthcontrast.run_status import FINISHED, NOT_RUN, RunStatus, run_status
 
 METRIC = "miou"
 PLOT_DPI = 110
@@ -90,13 +94,30 @@ def _pm(stat: dict[str, float]) -> str:
     return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
 
+def _unfinished_lines(unfinished: Sequence[RunStatus]) -> list[str]:
+    lines = ["", "## Not finished", "", "| run | state | detail |", "|---|---|---|"]
+    for status in unfinished:
+        if status.state != FINISHED:
+            lines.append(f"| {status.run} | {status.state} | {status.detail.replace('|', '/')} |")
+        lines += [f"| {status.run} / {task} | evaluation missing | {why.replace('|', '/')} |"
+                  for task, why in status.missing_tasks]  # fmt: skip
+    return lines
+
+
 def write_summary(
-    runs: dict[str, Path], downstream: dict[str, list[Path]], out_md: Path, plot_dir: Path
-) -> dict[str, Any]:
-    """runs: name → results/pretrain/<run>; downstream: run → its metrics.json files. Writes plots + Markdown."""
-    lines = ["# depthcontrast-pipeline summary", "", "## Pretraining", "",
-             "| run | epochs | steps | loss, first epoch | loss, last epoch | median samples/s |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    runs: dict[str, Path], downstream: dict[str, list[Path]], out_md: Path, plot_dir: Path,
+    unfinished: Sequence[RunStatus] = (),
+) -> dict[str, Any]:  # fmt: skip
+    """runs: name → results/pretrain/<run>; downstream: run → its metrics.json files; unfinished: runs or
+    evaluations that did not finish, listed at the end. Writes plots + Markdown."""
+    lines = ["# depthcontrast-pipeline summary", ""]
+    if unfinished:
+        names = ", ".join(status.run for status in unfinished)
+        lines += [f"**Incomplete**: {len(runs)} runs finished; not finished: {names} (see *Not finished*). "
+                  "The next `snakemake` run rebuilds this file.", ""]  # fmt: skip
+    lines += ["## Pretraining", "",
+              "| run | epochs | steps | loss, first epoch | loss, last epoch | median samples/s |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
     training = {}
     for run, folder in sorted(runs.items()):
         stats = plot_training(run, folder / "metrics.csv", plot_dir / f"training_{run}.png")
@@ -119,6 +140,39 @@ def write_summary(
         )
     if rows:
         plot_downstream(rows, plot_dir / "downstream.png")
+    else:
+        lines.append("| (no evaluation results) | | | | | | | |")
+    if unfinished:
+        lines += _unfinished_lines(unfinished)
     lines += ["", f"Plots: {plot_dir}/ (also in `snakemake --report report.html`)", ""]
     atomic_write_bytes(out_md, "\n".join(lines).encode())
     return {"training": training, "downstream": rows}
+
+
+def summarize_results(results: Path, runs: Sequence[str], tasks: Sequence[str]) -> list[RunStatus]:
+    """Write <results>/summary.md and <results>/report/ for the finished runs, listing the others; every run's status.
+
+    An incomplete summary is dated 1970, so Snakemake's `summary` rule still rebuilds it once all runs finished.
+    """
+    statuses = [run_status(results, run, tasks) for run in runs]
+    finished = {s.run: results / "pretrain" / s.run for s in statuses if s.state == FINISHED}
+    downstream = {
+        run: [path for task in tasks if (path := results / "finetune" / run / task / "metrics.json").exists()]
+        for run in finished
+    }
+    unfinished = [status for status in statuses if not status.complete]
+    summary = results / "summary.md"
+    write_summary(finished, downstream, summary, results / "report", unfinished)
+    if unfinished:
+        os.utime(summary, (0, 0))
+    return statuses
+
+
+def summarize_after_failure(results: Path, runs: Sequence[str], tasks: Sequence[str]) -> None:
+    """The workflow's `onerror` hook: the summary of what finished, unless no run got as far as pretraining."""
+    if all(run_status(results, run).state == NOT_RUN for run in runs):
+        return
+    statuses = summarize_results(results, runs, tasks)
+    unfinished = [f"{status.run} ({status.state})" for status in statuses if not status.complete]
+    print(f"depthcontrast: {results / 'summary.md'} covers {len(statuses) - len(unfinished)} of {len(statuses)} "
+          f"runs; not finished: {', '.join(unfinished)}", file=sys.stderr)  # fmt: skip

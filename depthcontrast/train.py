@@ -34,8 +34,7 @@ from depthcontrast.io_utils import atomic_path, atomic_write_bytes
 from depthcontrast.launch import WorldInfo, destroy_process_group, device_for, init_process_group
 from depthcontrast.log import progress
 from depthcontrast.method import DepthContrast
-from depthcontrast.models.heads import PointNetEncoder
-from depthcontrast.models.pointnet2 import fp_width
+from depthcontrast.models.encoders import build_point_encoder
 
 log = logging.getLogger(__name__)
 EXIT_REQUEUE = 75  # sysexits EX_TEMPFAIL: stopped by a signal after checkpointing; rerun with --resume
@@ -64,14 +63,11 @@ def learning_rate(run: Mapping[str, Any], epoch: int, step: int, steps_per_epoch
 
 
 def build_model(run: Mapping[str, Any]) -> DepthContrast:
-    """DepthContrast with a PointNet++ point encoder as the run's config says."""
+    """DepthContrast with the point encoder the run's `backbone` block names (PointNet++ SSG or MSG)."""
     backbone, loss = run["backbone"], run["loss"]
-    head = backbone["head_dims"] or [fp_width(backbone["scale"]), 512, loss["embedding_dim"]]
-    if head[-1] != loss["embedding_dim"]:
-        raise ConfigError(f"backbone.head_dims ends with {head[-1]}, but loss.embedding_dim is {loss['embedding_dim']}")
 
-    def point_encoder() -> PointNetEncoder:
-        return PointNetEncoder(scale=backbone["scale"], mlp_dims=head, npoints=backbone["npoints"])
+    def point_encoder() -> torch.nn.Module:
+        return build_point_encoder(backbone, loss["embedding_dim"])
 
     return DepthContrast(
         {"point": point_encoder},

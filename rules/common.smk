@@ -4,6 +4,8 @@ import os
 import re
 import shlex
 
+from depthcontrast.slurm import JOB_RESOURCES, job_resources
+
 
 def enabled_datasets():
     """Names of the datasets that `rule all` builds."""
@@ -32,12 +34,27 @@ def pretrain_outputs():
 
 
 # settings of a run that do not change its training (so editing them reruns nothing upstream of them)
-NOT_TRAINING_SETTINGS = ("enabled", "export_targets")
+NOT_TRAINING_SETTINGS = ("enabled", "export_targets", "resources")
 
 
 def training_settings(wildcards):
     run = config["pretrain"][wildcards.run]
     return {key: value for key, value in run.items() if key not in NOT_TRAINING_SETTINGS}
+
+
+def task_layout(wildcards):
+    """The run's number of processes: a rerun trigger (the global batch is batch_size x tasks)."""
+    resources = config["pretrain"][wildcards.run]["resources"]
+    return f"--nodes {resources['nodes']} --tasks-per-node {resources['tasks_per_node']}"
+
+
+def pretrain_job_resources():
+    """The pretrain job's resources, each a function of the run (None: not asked for); see depthcontrast.slurm."""
+
+    def resource(name):
+        return lambda wildcards: job_resources(config["pretrain"][wildcards.run]["resources"]).get(name)
+
+    return {name: resource(name) for name in JOB_RESOURCES}
 
 
 def export_outputs():
@@ -77,6 +94,10 @@ def external_outputs():
 
 def summary_outputs():
     return ["results/summary.md"] if enabled_runs() else []
+
+
+def downstream_plots():
+    return ["results/report/downstream.png"] if config["evaluate"]["tasks"] else []
 
 
 wildcard_constraints:

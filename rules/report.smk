@@ -1,4 +1,6 @@
 # Stage 6: results/summary.md (terminal) and the plots that `snakemake --report report.html` shows.
+# When jobs failed (e.g. one run of a sweep, with --keep-going), the Snakefile's `onerror` hook still
+# writes the summary of the finished runs and lists the others.
 
 
 rule summary:
@@ -8,7 +10,7 @@ rule summary:
     output:
         summary="results/summary.md",
         downstream=report(
-            "results/report/downstream.png",
+            downstream_plots(),
             caption="../report/downstream.rst",
             category="Downstream",
         ),
@@ -19,6 +21,7 @@ rule summary:
         ),
     params:
         runs=enabled_runs(),
+        tasks=sorted(config["evaluate"]["tasks"]),
     log:
         "results/logs/summary.log",
     benchmark:

@@ -1,5 +1,6 @@
-"""Export to downstream layouts (VoteNet/H3DNet, plain, and the voxel/LiDAR targets' layouts) and the
-import of the seed's released checkpoints, on real checkpoints written by save_checkpoint / torch.save."""
+"""Export to downstream layouts (VoteNet/H3DNet, plain, OpenPCDet for PointNet-MSG runs, and the voxel
+targets' layouts) and the import of the seed's released checkpoints, on real checkpoints written by
+save_checkpoint / torch.save."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from depthcontrast.method import DepthContrast
 from depthcontrast.models.heads import PointNetEncoder
 from depthcontrast.models.pointnet2 import PointNet2SSG
 from depthcontrast.train import build_model
+from tests.test_pointnet2_msg import pointrcnn_backbone_shapes
 
 TINY_NPOINTS = (64, 32, 16, 8)
 QUEUE = 64
@@ -330,4 +332,136 @@ def test_an_export_that_does_not_fit_the_downstream_backbone_is_refused_before_w
     for target in ("votenet", "plain"):
         with pytest.raises(ExportError, match=r"size mismatch for (backbone_net\.)?sa1\.mlp_module\.layer0"):
             export_checkpoint(path, target, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------- PointNet-MSG → OpenPCDet (real)
+def msg_run_config(**backbone) -> dict:
+    run = {"datasets": ["d"], "backbone": {"name": "pointnet2_msg", "npoints": list(TINY_NPOINTS), **backbone}}
+    run["loss"] = {"num_negatives": QUEUE}
+    config = {"datasets": {"d": {"source": {"kind": "builtin", "subset": "lidar"}}}, "pretrain": {"r": run}}
+    return validate_config(config)["pretrain"]["r"]
+
+
+@pytest.fixture(scope="module")
+def msg_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A PointNet-MSG run's checkpoint as train.py writes it (PointRCNN widths, intensity input)."""
+    torch.manual_seed(1)
+    run = msg_run_config()
+    model = build_model(run)
+    with torch.no_grad():
+        randomise_buffers(model)
+        for param in model.key_encoders.parameters():
+            param.add_(1.0)
+    path = tmp_path_factory.mktemp("msg_ckpt") / "last.pth"
+    save_checkpoint(path, {"model": model.state_dict(), "optimizer": {}, "epoch": EPOCH, "step": 5, "config": run})
+    return path
+
+
+class PointRCNNLike(nn.Module):
+    """A detector with PointNet2MSG as `backbone_3d` (keys and shapes from OpenPCDet's pointrcnn.yaml) and a
+    point head, whose keys a pretrained backbone file does not have."""
+
+    def __init__(self, input_channels: int = 4):
+        super().__init__()
+        self.backbone_3d = nn.Module()
+        for key, shape in pointrcnn_backbone_shapes(input_channels).items():
+            *path, name = key.split(".")
+            parent = self.backbone_3d
+            for part in path:
+                if not hasattr(parent, part):
+                    parent.add_module(part, nn.Module())
+                parent = getattr(parent, part)
+            parent.register_buffer(name, torch.zeros(shape, dtype=torch.long if not shape else torch.float32))
+        self.point_head = nn.Linear(128, 3)
+
+
+def openpcdet_load_params_from_file(model: nn.Module, path: Path) -> tuple[set[str], set[str]]:
+    """OpenPCDet's `load_params_from_file` rule (detector3d_template.py): torch.load the file, take
+    checkpoint['model_state'], copy every tensor whose key the model has with the same shape; the rest is
+    skipped. Returns (updated keys, model keys not updated)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # torch >= 2.6's default
+    state = model.state_dict()
+    update = {k: v for k, v in checkpoint["model_state"].items() if k in state and state[k].shape == v.shape}
+    state.update(update)
+    model.load_state_dict(state)
+    return set(update), set(state) - set(update)
+
+
+def test_openpcdet_export_fills_pointrcnns_backbone_3d_exactly_by_openpcdets_loader(msg_checkpoint, tmp_path):
+    weights, _ = export_checkpoint(msg_checkpoint, "openpcdet", tmp_path)
+    detector = PointRCNNLike()
+    updated, not_updated = openpcdet_load_params_from_file(detector, weights)
+    backbone_keys = {f"backbone_3d.{k}" for k in pointrcnn_backbone_shapes(4)}
+    assert updated == backbone_keys  # every backbone tensor, none skipped for its shape
+    assert not_updated == {"point_head.weight", "point_head.bias"}
+    file = torch.load(weights, weights_only=True)
+    assert set(file["model_state"]) == backbone_keys and file["epoch"] == EPOCH
+    assert file["version"].startswith("depthcontrast-pipeline")
+    loaded = detector.state_dict()
+    for key, tensor in query_encoder(msg_checkpoint).items():
+        if not key.startswith("head."):
+            out = loaded[f"backbone_3d.{key}"]
+            assert out.dtype == tensor.dtype and torch.equal(out, tensor), key  # query encoder, BN stats included
+
+
+def test_openpcdet_export_also_serves_the_depthcontrast_forks_loader(msg_checkpoint, tmp_path):
+    weights, _ = export_checkpoint(msg_checkpoint, "openpcdet", tmp_path)
+    file = torch.load(weights, weights_only=True)
+    detector_keys = [*(f"backbone_3d.{k}" for k in pointrcnn_backbone_shapes(4)), "point_head.weight"]
+    view = openpcdet_fork_loader_view(file, detector_keys)
+    assert set(view) == set(file["model_state"])
+    assert all(torch.equal(view[k], file["model_state"][k]) for k in view)
+
+
+def test_openpcdet_sidecar_records_hashes_key_map_shapes_and_the_detector_settings(msg_checkpoint, tmp_path):
+    weights, sidecar = export_checkpoint(msg_checkpoint, "openpcdet", tmp_path)
+    meta = json.loads(sidecar.read_text())
+    assert meta["output_sha256"] == sha256_file(weights) and meta["source_sha256"] == sha256_file(msg_checkpoint)
+    assert meta["missing_keys"] == [] and meta["unexpected_keys"] == []
+    assert meta["key_map"]["query_encoders.point.FP_modules.0.mlp.0.weight"] == "backbone_3d.FP_modules.0.mlp.0.weight"
+    assert meta["shapes"]["backbone_3d.FP_modules.0.mlp.0.weight"] == [128, 257, 1, 1]
+    assert len(meta["shapes"]) == len(pointrcnn_backbone_shapes(4))
+    downstream = meta["downstream_config"]
+    assert downstream["input_channels"] == 4 and downstream["used_feature_list"] == ["x", "y", "z", "intensity"]
+    assert downstream["BACKBONE_3D"]["FP_MLPS"] == [[128, 128], [256, 256], [512, 512], [512, 512]]
+    assert downstream["BACKBONE_3D"]["SA_CONFIG"]["MLPS"][3] == [[256, 256, 512], [256, 384, 512]]
+    assert all(key.startswith("classy_state_dict trunk 0.head.") for key in meta["ignored_by_loader"])
+
+
+def test_plain_export_of_an_msg_run_is_its_backbone(msg_checkpoint, tmp_path):
+    weights, _ = export_checkpoint(msg_checkpoint, "plain", tmp_path)
+    plain = torch.load(weights, weights_only=True)
+    assert {k: tuple(v.shape) for k, v in plain.items()} == pointrcnn_backbone_shapes(4)
+
+
+@pytest.mark.parametrize("target", ["votenet", "h3dnet", "minkunet_seg"])
+def test_an_msg_run_asked_for_another_stacks_target_is_a_one_line_error(msg_checkpoint, tmp_path, target):
+    with pytest.raises(ExportError) as caught:
+        export_checkpoint(msg_checkpoint, target, tmp_path)
+    message = str(caught.value)
+    assert "\n" not in message and f"'{target}'" in message
+    assert "has only a PointNet-MSG point encoder" in message
+    if target == "minkunet_seg":
+        assert "MinkowskiEngine voxel stack, not in this package yet" in message
+    else:
+        assert "PointNet++ point encoder (backbone.name: pointnet2_ssg)" in message
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_ssg_run_asked_for_openpcdet_names_both_backbones_it_could_use(checkpoint, tmp_path):
+    with pytest.raises(ExportError) as caught:
+        export_checkpoint(checkpoint, "openpcdet", tmp_path)
+    message = str(caught.value)
+    assert "PointNet-MSG point encoder (backbone.name: pointnet2_msg)" in message
+    assert "sparse UNet (spconv) voxel encoder (needs the spconv voxel stack, not in this package yet)" in message
+
+
+def test_msg_weights_that_openpcdets_loader_would_skip_are_refused_before_writing(msg_checkpoint, tmp_path):
+    state = load_checkpoint(msg_checkpoint)
+    state["config"] = msg_run_config(features=[])  # the config says xyz only; the weights read intensity
+    path = tmp_path / "mismatch.pth"
+    save_checkpoint(path, state)
+    with pytest.raises(ExportError, match=r"OpenPCDet's loader would skip 3 keys \(backbone_3d\.FP_modules\.0"):
+        export_checkpoint(path, "openpcdet", tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from depthcontrast.train import EXIT_REQUEUE
 from scripts.local_slurm import LocalCluster
 from tests.conftest import BIN, copy_repo, run_cli, run_snakemake
 from tests.slurm_cluster import job_state, jobs_by_comment, running_cluster, slurm, wait_until
+from tests.test_sweeps import INDOOR, SWEEP, assert_sweep_outcome, sweep_config
 from tests.test_train import TINY_RUN
 
 pytestmark = pytest.mark.slow
@@ -194,6 +196,101 @@ def test_sigterm_to_a_slurm_job_exits_75_and_the_resumed_job_matches_an_uninterr
     assert resumed.returncode == 0, resumed.stderr
     expected = load_checkpoint(straight / "last.pth")["model"]
     actual = load_checkpoint(interrupted / "last.pth")["model"]
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+
+
+def repo_with_shards(tmp_path: Path, tiny_config: Path, config: dict) -> Path:
+    """A repository copy with `config` and the built-in indoor shards already in results/ (no download and
+    preprocess jobs: each job through Slurm costs ~15 s)."""
+    repo = copy_repo(tmp_path / "repo")
+    shutil.copytree(tiny_config.parent / "results", repo / "results")
+    (repo / "config.yaml").write_text(yaml.safe_dump(config))
+    return repo
+
+
+def read_or_empty(path: Path) -> str:
+    """The file's text, or "" while it does not exist."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def test_a_sweep_through_slurm_runs_its_jobs_side_by_side_and_keeps_going_past_the_failed_run(
+    tiny_config: Path, tmp_path: Path
+):
+    repo = repo_with_shards(tmp_path, tiny_config, sweep_config(SWEEP, evaluate={"tasks": {}}))
+    start = time.monotonic()
+    result = run_snakemake(repo, "--profile", "slurm", *FAST_POLLING, *NO_RETRIES, "--keep-going", "--jobs", "2",
+                           check=False, timeout=DAG_TIMEOUT_S)  # fmt: skip
+    print(f"3-run sweep through Slurm, one failing: {time.monotonic() - start:.0f} s wall")
+    assert result.returncode != 0
+    assert result.stderr.count("has been submitted with SLURM jobid") == 3  # the runs; the summary job never starts
+    assert_sweep_outcome(repo, result.stderr)
+
+
+def test_a_two_task_run_through_the_profile_is_started_by_srun_as_one_gloo_group(tiny_config: Path, tmp_path: Path):
+    run = {**SRUN_RUN, "batch_size": 4, "export_targets": [], "resources": {"tasks_per_node": 2, "cpus_per_task": 1}}
+    config = {"datasets": INDOOR, "pretrain": {"tiny": run}, "evaluate": {"tasks": {}}}
+    repo = repo_with_shards(tmp_path, tiny_config, config)
+    start = time.monotonic()
+    result = run_snakemake(repo, "--profile", "slurm", *FAST_POLLING, *NO_RETRIES, "--verbose",
+                           "results/pretrain/tiny/last.pth", timeout=DAG_TIMEOUT_S)  # fmt: skip
+    print(f"2-task run through the profile: {time.monotonic() - start:.0f} s wall")
+    sbatch = re.findall(r"^sbatch call: (.*)$", result.stderr, flags=re.MULTILINE)
+    assert len(sbatch) == 1
+    for flag in ("--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--mem 8000", "-t 1440", "--signal=TERM@300"):
+        assert f" {flag} " in sbatch[0], sbatch[0]
+    log = (repo / "results/logs/pretrain/tiny.log").read_text()
+    assert "starting 2 tasks: srun --nodes=1 --ntasks-per-node=2 --cpus-per-task=1 --kill-on-bad-exit=1" in log
+    state = load_checkpoint(repo / "results/pretrain/tiny/last.pth")
+    assert state["world_size"] == 2
+    assert len(state["rng"]) == 2
+    assert state["step"] == SRUN_STEPS  # 48 frames in global batches of 2 x 4
+
+
+def test_sigterm_to_a_pretrain_job_under_snakemake_requeues_it_and_the_retry_resumes_to_the_same_weights(
+    tiny_config: Path, tmp_path: Path
+):
+    run = {**SRUN_RUN, "epochs": 2, "export_targets": []}  # 12 steps: long enough to be signalled mid-run
+    config = {"datasets": INDOOR, "pretrain": {"tiny": run}, "evaluate": {"tasks": {}}}
+    reference = tmp_path / "straight.yaml"
+    reference.write_text(yaml.safe_dump(config))
+    straight = run_cli("pretrain", "tiny", "--config", str(reference), "--results", str(tiny_config.parent / "results"),
+                       "--out", str(tmp_path / "straight"), "--device", "cpu")  # fmt: skip
+    assert straight.returncode == 0, straight.stderr
+
+    repo = repo_with_shards(tmp_path, tiny_config, config)
+    metrics = repo / "results/pretrain/tiny/resume/metrics.csv"
+    pretrain_log = repo / "results/logs/pretrain/tiny.log"
+    with open(tmp_path / "snakemake.log", "w") as out:
+        workflow = subprocess.Popen(
+            [str(BIN / "snakemake"), "--profile", "slurm", *FAST_POLLING, "results/pretrain/tiny/last.pth"],
+            cwd=repo, stdout=out, stderr=out,
+        )  # fmt: skip
+    try:
+        wait_until(lambda: "\n0,2," in read_or_empty(metrics), JOB_START_TIMEOUT_S, "step 2 of the first attempt")
+        job = next(job for job, state in jobs_by_comment("rule_pretrain").items() if state == "RUNNING")
+        slurm("scancel", "--signal=TERM", job)  # what the rule's --signal=TERM@N sends before the time limit
+        signalled = time.monotonic()
+        returncode = workflow.wait(timeout=DAG_TIMEOUT_S)
+        print(f"signal -> exit 75 -> retry -> resumed run finished: {time.monotonic() - signalled:.0f} s")
+    finally:
+        if workflow.poll() is None:
+            workflow.kill()
+    snakemake_log = (tmp_path / "snakemake.log").read_text()
+    assert returncode == 0, snakemake_log
+    assert job_state(job)[0] == "FAILED"
+    first_attempt = (repo / ".snakemake/slurm_logs/rule_pretrain/tiny" / f"{job}.log").read_text()  # kept: it failed
+    assert f"returned non-zero exit status {EXIT_REQUEUE}." in first_attempt  # the trainer's, in Snakemake's words
+    assert snakemake_log.count("has been submitted with SLURM jobid") == 2  # the first attempt and its retry
+    resumed = re.search(r"resumed from results/pretrain/tiny/resume/last.pth at epoch (\d+), batch (\d+)",
+                        pretrain_log.read_text())  # fmt: skip
+    assert resumed and 2 <= int(resumed[1]) * SRUN_STEPS + int(resumed[2]) < 2 * SRUN_STEPS
+    expected = load_checkpoint(tmp_path / "straight" / "last.pth")["model"]
+    actual = load_checkpoint(repo / "results/pretrain/tiny/last.pth")["model"]
     assert expected.keys() == actual.keys()
     for key in expected:
         assert torch.equal(expected[key], actual[key]), key

@@ -83,12 +83,13 @@ def test_cosine_schedule_matches_the_seed_per_epoch_and_warms_up_linearly():
 def test_rank_and_world_come_from_torchrun_slurm_or_the_seed_flags():
     torchrun = world_from_environment({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"})
     assert (torchrun.rank, torchrun.world_size, torchrun.local_rank, torchrun.init_method) == (3, 8, 1, "env://")
-    slurm = world_from_environment(
-        {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "gpu7,gpu8",
-         "SLURM_JOB_ID": "1234"}
-    )  # fmt: skip
+    task = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "gpu7,gpu8",
+            "SLURM_JOB_ID": "1234", "SLURM_STEP_ID": "0"}  # fmt: skip
+    slurm = world_from_environment(task)
     assert (slurm.rank, slurm.world_size, slurm.local_rank) == (5, 8, 1)
     assert slurm.init_method == "tcp://gpu7:21234"
+    batch_script = {key: value for key, value in task.items() if key != "SLURM_STEP_ID"}
+    assert not world_from_environment({**batch_script, "SLURM_PROCID": "0"}).distributed  # one process, not rank 0
     assert not world_from_environment({}).distributed
     seed = world_from_seed_flags(node_rank=1, num_nodes=4, gpus_per_node=8, local=2, dist_url="tcp://h:1")
     assert (seed.rank, seed.world_size) == (10, 32)
@@ -143,6 +144,18 @@ def test_sigkill_mid_epoch_then_resume_finishes_from_the_last_epoch_checkpoint(s
     resumed = run_cli(*pretrain_args(shards, out, "--resume"))
     assert resumed.returncode == 0, resumed.stderr
     assert load_checkpoint(out / "last.pth")["epoch"] == 2
+
+
+@pytest.mark.slow
+def test_a_multi_task_layout_outside_slurm_trains_as_one_process_and_says_so(shards: Path, tmp_path: Path):
+    out = tmp_path / "one"
+    env = {name: value for name, value in os.environ.items() if not name.startswith("SLURM_")}
+    args = pretrain_args(shards, out, "--nodes", "2", "--tasks-per-node", "4", "--device", "cpu")
+    result = subprocess.run([sys.executable, "-m", "depthcontrast", *args], env=env, capture_output=True, text=True,
+                            timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "asks for 8 tasks, but this is no Slurm allocation: training as one process" in result.stderr
+    assert load_checkpoint(out / "last.pth")["world_size"] == 1
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "foreign"])

@@ -20,9 +20,11 @@ from depthcontrast.data.augment import (
     INDOOR_SEED_AUGMENTATIONS,
     LIDAR_SEED_AUGMENTATIONS,
     Compose,
+    PointCloud,
     build_transforms,
     two_views,
 )
+from depthcontrast.data.point_features import InputFeatures
 from depthcontrast.data.shard_dataset import ShardDataset
 from depthcontrast.errors import ConfigError
 
@@ -47,16 +49,38 @@ def augmentation_specs(
 
 
 class TwoViewDataset(Dataset):
-    """Item i → {"view_a": float32 [N, 3], "view_b": float32 [N, 3], "index": i}, over several shard dirs."""
+    """Item i → {"view_a": float32 [N, 3 + C], "view_b": ..., "index": i}, over several shard dirs.
 
-    def __init__(self, shard_dirs: Sequence[Path], transforms: Compose, seed: int, verify: bool = True):
+    The C columns after xyz are the `features` the backbone reads (none by default); they follow
+    their points through every augmentation.
+    """
+
+    def __init__(
+        self,
+        shard_dirs: Sequence[Path],
+        transforms: Compose,
+        seed: int,
+        verify: bool = True,
+        features: InputFeatures | None = None,
+    ):
+        features = features or InputFeatures()
         shards = [ShardDataset(Path(d), verify=verify) for d in shard_dirs]
+        for dataset in shards:
+            missing = features.missing_from(dataset.feature_names)
+            if missing:
+                have = ", ".join(dataset.feature_names) or "none"
+                raise ConfigError(
+                    f"{dataset.shard_dir}: the backbone reads {missing} but these shards have features: {have}; "
+                    "pretrain on data that has them (preprocess.keep_features) or set backbone.features: []"
+                )
         if verify:  # once here, before workers fork: they inherit the result instead of each re-hashing
             for dataset in shards:
                 dataset.verify_all()
+        self.shards = shards
         self.source = ConcatDataset(shards)
         self.transforms = transforms
         self.seed = seed
+        self.features = features
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -68,17 +92,31 @@ class TwoViewDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
-        points = self.source[index]["points"]
+        item = self.source[index]
+        cloud = PointCloud(item["points"])
+        if self.features.names:
+            cloud = PointCloud(item["points"], {"features": self._features(index, item)})
         rng = np.random.default_rng([self.seed, epoch, index])
-        view_a, view_b = two_views(points, self.transforms, rng)
-        return {
-            "view_a": np.ascontiguousarray(view_a.xyz, dtype=np.float32),
-            "view_b": np.ascontiguousarray(view_b.xyz, dtype=np.float32),
-            "index": index,
-        }
+        view_a, view_b = two_views(cloud, self.transforms, rng)
+        return {"view_a": self._array(view_a), "view_b": self._array(view_b), "index": index}
+
+    def _features(self, index: int, item: dict[str, Any]) -> np.ndarray:
+        shard = self.shards[int(np.searchsorted(self.source.cumulative_sizes, index, side="right"))]
+        return self.features.columns(
+            len(item["points"]), item.get("features"), shard.feature_names, shard.index.feature_channels,
+            source=f"{shard.shard_dir}: {item['sample_id']}",
+        )  # fmt: skip
+
+    def _array(self, view: PointCloud) -> np.ndarray:
+        if not self.features.names:
+            return np.ascontiguousarray(view.xyz, dtype=np.float32)
+        return np.concatenate([view.xyz, view.extras["features"]], axis=1, dtype=np.float32)
 
 
 def build_view_dataset(shard_dirs: Sequence[Path], run: Mapping[str, Any]) -> TwoViewDataset:
     """The dataset a pretraining run (validated config block) trains on."""
     specs = augmentation_specs(run["augmentations"], run["augmentation_overrides"], run["points_per_view"])
-    return TwoViewDataset(shard_dirs, build_transforms(specs), seed=run["seed"], verify=run["verify_shards"])
+    features = InputFeatures.of_backbone(run["backbone"])
+    return TwoViewDataset(
+        shard_dirs, build_transforms(specs), seed=run["seed"], verify=run["verify_shards"], features=features
+    )

@@ -1,9 +1,10 @@
-"""The backbone under evaluation: PointNet++ from a pretraining checkpoint's query encoder, or random.
+"""The backbone under evaluation: the point backbone of a pretraining checkpoint's query encoder, or random.
 
 A checkpoint's `model` is the DepthContrast state_dict; its point query encoder's keys are
-`query_encoders.point.<PointNetEncoder key>`. The backbone takes those keys minus the projection head
-(`head.*`), and the architecture (scale, SA npoints) from the checkpoint's resolved `config.backbone`,
-so pretrained and scratch backbones are the same network.
+`query_encoders.point.<encoder key>`. The backbone takes those keys minus the projection head
+(`head.*`), and the architecture (PointNet++ SSG scale and SA npoints, or the PointNet-MSG settings
+and the per-point features it reads) from the checkpoint's resolved `config.backbone` block, built by
+the same constructor table as pretraining, so pretrained and scratch backbones are the same network.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import torch
 from torch import nn
 
 from depthcontrast.checkpoint import CheckpointError, load_checkpoint
+from depthcontrast.data.point_features import InputFeatures
 from depthcontrast.errors import ConfigError
-from depthcontrast.models.pointnet2 import PointNet2SSG
+from depthcontrast.models.encoders import backbone_name, build_backbone
 
 QUERY_ENCODER_PREFIX = "query_encoders.point."
 PROJECTION_HEAD_PREFIX = "head."
@@ -27,24 +29,42 @@ PROJECTION_HEAD_PREFIX = "head."
 class BackboneSpec:
     """What a scratch backbone needs to match a checkpoint's, and the pretrained weights."""
 
-    scale: int
-    npoints: tuple[int, ...]
+    config: dict[str, Any]  # the checkpoint's resolved `backbone` block
     state_dict: dict[str, torch.Tensor]
 
-    def build(self, pretrained: bool) -> PointNet2SSG:
+    @property
+    def name(self) -> str:
+        return backbone_name(self.config)
+
+    @property
+    def npoints(self) -> tuple[int, ...]:
+        """Centres per SA level (the first bounds the points per evaluated cloud)."""
+        return tuple(int(n) for n in self.config["npoints"])
+
+    @property
+    def scale(self) -> int | None:
+        """PointNet++ SSG width; None for other backbones."""
+        return self.config.get("scale")
+
+    @property
+    def features(self) -> InputFeatures:
+        """Per-point features the backbone reads after xyz."""
+        return InputFeatures.of_backbone(self.config)
+
+    def build(self, pretrained: bool) -> nn.Module:
         """A fresh backbone: the checkpoint's weights if `pretrained`, else the default random init
         (seed torch first for a reproducible one)."""
-        backbone = PointNet2SSG(scale=self.scale, npoints=self.npoints)
+        backbone = build_backbone(self.config)
         if pretrained:
             backbone.load_state_dict(self.state_dict)
         return backbone
 
 
-def _backbone_settings(path: Path, config: Any) -> tuple[int, tuple[int, ...]]:
+def _backbone_settings(path: Path, config: Any) -> dict[str, Any]:
     backbone = config.get("backbone") if isinstance(config, dict) else None
-    if not isinstance(backbone, dict) or "scale" not in backbone or "npoints" not in backbone:
-        raise CheckpointError(f"{path}: checkpoint config has no backbone.scale/npoints; cannot rebuild its encoder")
-    return int(backbone["scale"]), tuple(int(n) for n in backbone["npoints"])
+    if not isinstance(backbone, dict) or "npoints" not in backbone:
+        raise CheckpointError(f"{path}: checkpoint config has no backbone settings; cannot rebuild its encoder")
+    return backbone
 
 
 def backbone_from_checkpoint(path: str | Path) -> BackboneSpec:
@@ -52,7 +72,7 @@ def backbone_from_checkpoint(path: str | Path) -> BackboneSpec:
     its weights do not fit the architecture its config names."""
     path = Path(path)
     state = load_checkpoint(path)
-    scale, npoints = _backbone_settings(path, state["config"])
+    settings = _backbone_settings(path, state["config"])
     model = state["model"]
     encoder = {
         key.removeprefix(QUERY_ENCODER_PREFIX): v for key, v in model.items() if key.startswith(QUERY_ENCODER_PREFIX)
@@ -65,14 +85,14 @@ def backbone_from_checkpoint(path: str | Path) -> BackboneSpec:
             f"(expected keys {QUERY_ENCODER_PREFIX}*, found {sample}, ...)"
         )
     try:
-        reference = PointNet2SSG(scale=scale, npoints=npoints)
-    except ConfigError as exc:
+        reference = build_backbone(settings)
+    except (ConfigError, KeyError) as exc:
         raise CheckpointError(f"{path}: checkpoint config names an invalid backbone ({exc})") from None
-    _check_layout(path, reference, weights)
-    return BackboneSpec(scale, npoints, weights)
+    _check_layout(path, reference, weights, settings.get("name", "pointnet2_ssg"))
+    return BackboneSpec(settings, weights)
 
 
-def _check_layout(path: Path, reference: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+def _check_layout(path: Path, reference: nn.Module, weights: dict[str, torch.Tensor], name: str) -> None:
     expected = reference.state_dict()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
@@ -90,5 +110,5 @@ def _check_layout(path: Path, reference: nn.Module, weights: dict[str, torch.Ten
                 f"vs {tuple(expected[key].shape)})"
             )
         raise CheckpointError(
-            f"{path}: the point query encoder does not fit the PointNet++ its config names: {'; '.join(details)}"
+            f"{path}: the point query encoder does not fit the {name} backbone its config names: {'; '.join(details)}"
         )

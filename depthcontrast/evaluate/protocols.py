@@ -1,7 +1,8 @@
 """The two evaluation protocols, each returning the test confusion matrix.
 
 Both score per-point predictions at the backbone's fp2 points (`fp2_inds` index the input cloud, so
-the label of each fp2 point is the label of the input point it sits on).
+the label of each fp2 point is the label of the input point it sits on): PointNet++ SSG's fp2 level,
+or every input point for PointNet-MSG, whose final features are per input point.
 
 - linear: the backbone is frozen (eval mode, its BatchNorm statistics as loaded); fp2 features of one
   seeded resampling per training cloud are computed once, standardised with the training features'
@@ -25,7 +26,6 @@ from torch import nn
 
 from depthcontrast.evaluate.metrics import confusion_matrix
 from depthcontrast.evaluate.tasks import IGNORE_LABEL, Samples
-from depthcontrast.models.pointnet2 import PointNet2SSG
 
 STANDARDISE_EPS = 1e-6
 
@@ -43,7 +43,7 @@ class TrainSettings:
 
 @dataclass
 class Clouds:
-    """Resampled clouds: xyz float32 [N, P, 3], labels int64 [N, P]."""
+    """Resampled clouds: xyz float32 [N, P, 3 + C] (xyz, then the backbone's feature columns), labels int64 [N, P]."""
 
     xyz: np.ndarray
     labels: np.ndarray
@@ -80,9 +80,9 @@ def labels_at(labels: torch.Tensor, inds: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def backbone_features(
-    backbone: PointNet2SSG, xyz: np.ndarray, batch_size: int, device: torch.device
+    backbone: nn.Module, xyz: np.ndarray, batch_size: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frozen (eval-mode) fp2 features [N, C, M] and fp2_inds [N, M] of clouds xyz [N, P, 3], on the CPU."""
+    """Frozen (eval-mode) fp2 features [N, C, M] and fp2_inds [N, M] of clouds xyz [N, P, 3 + C_in], on the CPU."""
     backbone.eval()
     features, inds = [], []
     for batch in _batches(len(xyz), batch_size):
@@ -99,7 +99,7 @@ def _point_rows(features: torch.Tensor, inds: torch.Tensor, labels: np.ndarray) 
 
 
 def linear_probe(
-    backbone: PointNet2SSG,
+    backbone: nn.Module,
     train: Clouds,
     test: Clouds,
     num_classes: int,
@@ -134,7 +134,7 @@ def linear_probe(
 class Segmenter(nn.Module):
     """Backbone + per-point linear classifier (1x1 conv) on fp2 features: xyz → logits [B, K, M], fp2_inds."""
 
-    def __init__(self, backbone: PointNet2SSG, num_classes: int):
+    def __init__(self, backbone: nn.Module, num_classes: int):
         super().__init__()
         self.backbone = backbone
         self.classifier = nn.Conv1d(backbone.out_channels, num_classes, kernel_size=1)
@@ -145,7 +145,7 @@ class Segmenter(nn.Module):
 
 
 def finetune(
-    backbone: PointNet2SSG,
+    backbone: nn.Module,
     train: Samples,
     test: Clouds,
     points: int,

@@ -108,7 +108,7 @@ def run_evaluation(
             f"evaluate.points ({points}) is below the checkpoint backbone's first SA level ({spec.npoints[0]} centres)"
         )
     split = split_by_group(
-        load_samples(shard_dir, kind, task["xyz_scale"]),
+        load_samples(shard_dir, kind, task["xyz_scale"], spec.features),
         task["test_groups"],
         kind.group_name,
         source=f"evaluate.tasks.{task_name}",
@@ -153,7 +153,13 @@ def run_evaluation(
         "xyz_scale": task["xyz_scale"],
         "classes": list(kind.classes),
         "checkpoint": {"path": str(checkpoint), "sha256": sha256_file(checkpoint)},
-        "backbone": {"scale": spec.scale, "npoints": list(spec.npoints)},
+        "backbone": {
+            "name": spec.name,
+            "scale": spec.scale,
+            "npoints": list(spec.npoints),
+            "features": list(spec.features.names),
+            "features_read_as_zeros": split.train.zero_features,
+        },
         "split": _split_summary(split, kind.group_name),
         "settings": {key: settings[key] for key in ("seeds", "points", "protocols", *settings["protocols"])},
         "noise_rule": NOISE_RULE,

@@ -21,15 +21,19 @@ Indoor (depthcontrast/builtin/indoor/classes.json) → 5 classes:
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from depthcontrast.data.point_features import InputFeatures
 from depthcontrast.data.shard_dataset import ShardDataset
 from depthcontrast.errors import DataError
+
+log = logging.getLogger(__name__)
 
 IGNORE_LABEL = -1
 
@@ -109,12 +113,15 @@ TASK_KINDS = {
 
 @dataclass
 class Samples:
-    """Labelled clouds held in memory: xyz float32 [P_i, 3], merged labels int64 [P_i], id, group."""
+    """Labelled clouds held in memory: points float32 [P_i, 3 + C] (xyz, then the C feature columns the
+    backbone reads), merged labels int64 [P_i], id, group; `zero_features`: features the shards lack,
+    given to the backbone as zeros."""
 
     points: list[np.ndarray]
     labels: list[np.ndarray]
     sample_ids: list[str]
     groups: list[str]
+    zero_features: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -142,12 +149,23 @@ def task_kind(name: str) -> TaskKind:
     return TASK_KINDS[name]
 
 
-def load_samples(shard_dir: Path, kind: TaskKind, xyz_scale: float = 1.0) -> Samples:
-    """Every sample of a shard directory with merged labels and its group; xyz multiplied by `xyz_scale`."""
+def load_samples(
+    shard_dir: Path, kind: TaskKind, xyz_scale: float = 1.0, features: InputFeatures | None = None
+) -> Samples:
+    """Every sample of a shard directory with merged labels and its group; xyz multiplied by `xyz_scale`,
+    followed by the `features` columns a backbone reads (zeros, with a warning, where the shards lack one:
+    evaluation tasks apply to every run, and pretrained and scratch backbones then see the same zeros)."""
+    features = features or InputFeatures()
     dataset = ShardDataset(shard_dir)
     if not dataset.has_labels:
         raise DataError(f"{shard_dir}: shards hold no per-point labels; preprocess with keep_labels: true")
-    samples = Samples([], [], [], [])
+    samples = Samples([], [], [], [], zero_features=features.missing_from(dataset.feature_names))
+    if samples.zero_features:
+        log.warning(
+            "%s: the shards have no %s feature; the backbone reads zeros in its place",
+            shard_dir,
+            " or ".join(samples.zero_features),
+        )
     try:
         for i in range(len(dataset)):
             item = dataset[i]
@@ -155,7 +173,14 @@ def load_samples(shard_dir: Path, kind: TaskKind, xyz_scale: float = 1.0) -> Sam
                 labels = kind.merge_labels(item["labels"])
             except DataError as exc:
                 raise DataError(f"{shard_dir}: sample {item['sample_id']}: {exc}") from None
-            samples.points.append(np.multiply(item["points"], xyz_scale, dtype=np.float32))
+            points = np.multiply(item["points"], xyz_scale, dtype=np.float32)
+            if features.names:
+                columns = features.columns(
+                    len(points), item.get("features"), dataset.feature_names, dataset.index.feature_channels,
+                    source=f"{shard_dir}: {item['sample_id']}", missing_as_zeros=True,
+                )  # fmt: skip
+                points = np.concatenate([points, columns], axis=1)
+            samples.points.append(points)
             samples.labels.append(labels)
             samples.sample_ids.append(item["sample_id"])
             samples.groups.append(kind.group_of(item["sample_id"]))
@@ -170,6 +195,7 @@ def _subset(samples: Samples, keep: list[int]) -> Samples:
         [samples.labels[i] for i in keep],
         [samples.sample_ids[i] for i in keep],
         [samples.groups[i] for i in keep],
+        samples.zero_features,
     )
 
 

@@ -7,9 +7,11 @@ does with the file: which names it hands to the downstream model.
 
 Sources (SEED_FACTS §7, §8): the VoteNet fork's `init_model_from_weights` keeps `module.trunk.0.*`,
 drops three dot components and prefixes `backbone_net.`; SpatioTemporalSegmentation's does the same
-for `module.trunk.2.*` with bare MinkUNet names; upstream OpenPCDet reads `model_state` with
-`backbone_3d.*` names, the DepthContrast OpenPCDet fork reads a ClassyVision-style
-`classy_state_dict.base_model.model.trunk` dict keyed `<trunk index>.<name>`.
+for `module.trunk.2.*` with bare MinkUNet names; upstream OpenPCDet (`--pretrained_model` →
+`load_params_from_file` in pcdet/models/detectors/detector3d_template.py) reads `checkpoint['model_state']`
+and copies each tensor whose key the detector has with the same shape, skipping the rest without an
+error; the DepthContrast OpenPCDet fork (zaiweizhang/OpenPCDet tools/checkpoint.py) reads a
+ClassyVision-style `classy_state_dict.base_model.model.trunk` dict keyed `<trunk index>.<name>`.
 """
 
 from __future__ import annotations
@@ -87,6 +89,22 @@ def openpcdet_layout(encoder: StateDict, trunk: int) -> tuple[dict[str, object],
     trunk_state = {f"{trunk}.{key}": tensor for key, tensor in encoder.items()}
     layout = {"model_state": model_state, "classy_state_dict": {"base_model": {"model": {"trunk": trunk_state}}}}
     return layout, key_map
+
+
+def openpcdet_loader_view(
+    model_state: StateDict, detector_state: StateDict
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """What upstream OpenPCDet's `load_params_from_file` copies into a detector with `detector_state`.
+
+    Returns (the tensors it loads by detector key, the file's keys it skips: unknown or of another shape).
+    """
+    loaded, skipped = {}, []
+    for key, tensor in model_state.items():
+        if key in detector_state and detector_state[key].shape == tensor.shape:
+            loaded[key] = tensor
+        else:
+            skipped.append(key)
+    return loaded, sorted(skipped)
 
 
 def openpcdet_fork_loader_view(layout: Mapping[str, object], model_keys: list[str]) -> dict[str, torch.Tensor]:

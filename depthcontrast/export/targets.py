@@ -21,15 +21,23 @@ from torch import nn
 
 from depthcontrast import __version__
 from depthcontrast.checkpoint import load_checkpoint
+from depthcontrast.data.point_features import InputFeatures
 from depthcontrast.errors import ConfigError, DataError
 from depthcontrast.export.layouts import (
     HEAD_PREFIX,
+    POINT_QUERY_TRUNK,
     VOTENET_PREFIX,
+    is_head_key,
+    openpcdet_fork_loader_view,
+    openpcdet_layout,
+    openpcdet_loader_view,
     plain_layout,
     votenet_layout,
     votenet_loader_view,
 )
+from depthcontrast.export.openpcdet_reference import OPENPCDET_XYZ_CHANNELS, PointRCNNStandIn
 from depthcontrast.io_utils import atomic_write_bytes, atomic_write_json, sha256_file
+from depthcontrast.models.encoders import build_backbone
 from depthcontrast.models.pointnet2 import PointNet2SSG
 
 log = logging.getLogger(__name__)
@@ -46,11 +54,13 @@ ARCHITECTURES = {
 TARGET_NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
     "votenet": (("point", "pointnet2_ssg"),),
     "h3dnet": (("point", "pointnet2_ssg"),),  # H3DNet's backbones are VoteNet's Pointnet2Backbone
-    "plain": (("point", "pointnet2_ssg"),),
+    "plain": (("point", "pointnet2_ssg"), ("point", "pointnet2_msg")),
     "minkunet_seg": (("voxel", "minkunet"),),
-    "openpcdet": (("point", "pointnet2_msg"), ("voxel", "spconv_unet")),
+    "openpcdet": (("point", "pointnet2_msg"), ("voxel", "spconv_unet")),  # PointRCNN's or Part-A2's backbone_3d
 }
 KNOWN_TARGETS = tuple(TARGET_NEEDS)
+# voxel encoders need a stack this package does not have yet: say so instead of "train another run"
+VOXEL_STACKS = {"minkunet": "MinkowskiEngine", "spconv_unet": "spconv"}
 
 
 class ExportError(DataError):
@@ -68,12 +78,13 @@ class Export:
     unexpected_keys: list[str]
     ignored_keys: list[str] = field(default_factory=list)  # present in the file, skipped by the loader by design
     safetensors: bytes | None = None  # also written as {target}.safetensors when set
+    downstream_config: dict[str, Any] | None = None  # settings the downstream model must have for the file to fit
 
 
 def checkpoint_encoders(state: Mapping[str, Any]) -> dict[str, str]:
     """Format → architecture name of each query encoder in a loaded checkpoint."""
     formats = sorted({key.split(".")[1] for key in state["model"] if key.startswith(QUERY_PREFIX)})
-    backbone = state["config"]["backbone"]["name"]
+    backbone = state["config"]["backbone"].get("name", "pointnet2_ssg")  # configs from before `name`: PointNet++
     return {name: backbone if name == "point" else f"{name}_encoder" for name in formats}
 
 
@@ -88,12 +99,19 @@ def _describe(encoders: Mapping[str, str]) -> str:
     return " and ".join(found) or "no encoder"
 
 
+def _need(name: str, arch: str) -> str:
+    if arch in VOXEL_STACKS:
+        stack = VOXEL_STACKS[arch]
+        return f"a {ARCHITECTURES[arch]} {name} encoder (needs the {stack} voxel stack, not in this package yet)"
+    return f"a {ARCHITECTURES[arch]} {name} encoder (backbone.name: {arch})"
+
+
 def _encoder_for(checkpoint: Path, target: str, encoders: Mapping[str, str]) -> str:
     """The format of the checkpoint's encoder that `target` is made from, else ExportError."""
     for name, arch in TARGET_NEEDS[target]:
         if encoders.get(name) == arch:
             return name
-    needs = " or ".join(f"a {ARCHITECTURES[arch]} {name} encoder" for name, arch in TARGET_NEEDS[target])
+    needs = " or ".join(_need(name, arch) for name, arch in TARGET_NEEDS[target])
     raise ExportError(
         f"{checkpoint}: checkpoint has only {_describe(encoders)}; target {target!r} needs a run with {needs}"
     )
@@ -142,8 +160,10 @@ def _export_votenet(checkpoint: Path, state: Mapping[str, Any], encoder: dict[st
 
 def _export_plain(checkpoint: Path, state: Mapping[str, Any], encoder: dict[str, torch.Tensor]) -> Export:
     backbone, key_map = plain_layout(encoder)
-    reference = PointNet2SSG(scale=state["config"]["backbone"]["scale"])
-    missing, unexpected = _strict_load(reference, backbone, f"{checkpoint}: PointNet++ backbone")
+    config = state["config"]["backbone"]
+    reference = build_backbone(config)
+    name = ARCHITECTURES[config.get("name", "pointnet2_ssg")]
+    missing, unexpected = _strict_load(reference, backbone, f"{checkpoint}: {name} backbone")
     contiguous = {key: tensor.contiguous() for key, tensor in backbone.items()}
     metadata = {"format": "pt", "source_epoch": str(state["epoch"]), "tool_version": TOOL_VERSION}
     return Export(
@@ -156,8 +176,67 @@ def _export_plain(checkpoint: Path, state: Mapping[str, Any], encoder: dict[str,
     )
 
 
+def openpcdet_backbone_config(backbone: Mapping[str, Any]) -> dict[str, Any]:
+    """The OpenPCDet settings a PointNet-MSG run's export fits: BACKBONE_3D and the point features.
+
+    OpenPCDet skips, without an error, every pretrained tensor whose shape differs from the detector's,
+    so the detector config must have these MLPS, FP_MLPS and input channels (NPOINTS, RADIUS and NSAMPLE
+    hold no weights: the detector may use its own).
+    """
+    features = InputFeatures.of_backbone(backbone)
+    return {
+        "BACKBONE_3D": {
+            "NAME": "PointNet2MSG",
+            "SA_CONFIG": {
+                "NPOINTS": backbone["npoints"],
+                "RADIUS": backbone["radius"],
+                "NSAMPLE": backbone["nsample"],
+                "MLPS": backbone["mlps"],
+            },
+            "FP_MLPS": backbone["fp_mlps"],
+        },
+        "input_channels": OPENPCDET_XYZ_CHANNELS + features.channels,
+        "used_feature_list": ["x", "y", "z", *features.names],
+    }
+
+
+def _export_openpcdet(checkpoint: Path, state: Mapping[str, Any], encoder: dict[str, torch.Tensor]) -> Export:
+    """`model_state` (upstream `--pretrained_model`) + `classy_state_dict` (the DepthContrast fork), verified
+    by both loaders' rules into a PointRCNN stand-in built from OpenPCDet's construction rules."""
+    downstream = openpcdet_backbone_config(state["config"]["backbone"])
+    layout, key_map = openpcdet_layout(encoder, trunk=POINT_QUERY_TRUNK)
+    model_state = layout["model_state"]
+    backbone_3d = downstream["BACKBONE_3D"]
+    detector = PointRCNNStandIn(backbone_3d["SA_CONFIG"]["MLPS"], backbone_3d["FP_MLPS"], downstream["input_channels"])
+    detector_state = detector.state_dict()
+    loaded, skipped = openpcdet_loader_view(model_state, detector_state)
+    if skipped:
+        raise ExportError(
+            f"{checkpoint}: OpenPCDet's loader would skip {_summary(skipped)} (unknown to PointNet2MSG or of "
+            "another shape); the checkpoint does not fit the backbone its config names"
+        )
+    missing, unexpected = _strict_load(detector, loaded, f"{checkpoint}: OpenPCDet backbone_3d")
+    fork_view = openpcdet_fork_loader_view(layout, list(detector_state))
+    fork_missing, fork_unexpected = _strict_load(detector, fork_view, f"{checkpoint}: OpenPCDet fork backbone_3d")
+    ignored = sorted(f"classy_state_dict trunk {POINT_QUERY_TRUNK}.{key}" for key in encoder if is_head_key(key))
+    return Export(
+        payload={**layout, "epoch": state["epoch"], "version": TOOL_VERSION},
+        tensors=model_state,
+        key_map={f"{QUERY_PREFIX}point.{key}": out for key, out in key_map.items()},
+        missing_keys=sorted(set(missing) | set(fork_missing)),
+        unexpected_keys=sorted(set(unexpected) | set(fork_unexpected)),
+        ignored_keys=ignored,
+        downstream_config=downstream,
+    )
+
+
 Exporter = Callable[[Path, Mapping[str, Any], dict[str, torch.Tensor]], Export]
-EXPORTERS: dict[str, Exporter] = {"votenet": _export_votenet, "h3dnet": _export_votenet, "plain": _export_plain}
+EXPORTERS: dict[str, Exporter] = {
+    "votenet": _export_votenet,
+    "h3dnet": _export_votenet,
+    "plain": _export_plain,
+    "openpcdet": _export_openpcdet,
+}
 
 
 def _torch_bytes(payload: Any) -> bytes:
@@ -209,6 +288,7 @@ def export_checkpoint(checkpoint: Path, target: str, out_dir: Path) -> tuple[Pat
             "missing_keys": export.missing_keys,
             "unexpected_keys": export.unexpected_keys,
             "ignored_by_loader": export.ignored_keys,
+            "downstream_config": export.downstream_config,
             "epoch": state["epoch"],
             "tool_version": TOOL_VERSION,
         },

@@ -1,1 +1,1 @@
-"""Point-cloud models: PointNet++ backbone, heads and the point ops they use."""
+"""Point-cloud models: PointNet++ SSG and PointNet-MSG backbones, heads, the encoder table and the point ops."""

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import pairwise
+from typing import Any
 
 import torch
 from torch import nn
 
 from depthcontrast.errors import ConfigError
 from depthcontrast.models.pointnet2 import SA_NPOINTS, PointNet2SSG
+from depthcontrast.models.pointnet2_msg import PointNet2MSG
 
 DEFAULT_HEAD_DIMS = (512, 512, 128)  # the seed's point head at 1x
+MSG_HEAD_DIMS = (128, 128, 128)  # the seed's PointNet-MSG head (mlp_dim of its LiDAR configs)
 
 
 class MLPHead(nn.Module):
@@ -57,3 +60,25 @@ class PointNetEncoder(PointNet2SSG):
     def forward(self, xyz: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         fp2 = super().forward(xyz)["fp2_features"]
         return self.head(fp2.max(dim=2).values)
+
+
+class PointNetMSGEncoder(PointNet2MSG):
+    """PointNet-MSG backbone + max-pool over its per-point features + MLP head: [B, N, 3 + C] -> [B, dims[-1]].
+
+    Its state_dict keys are the backbone's own (OpenPCDet's `SA_modules.0.mlps.0.0.weight`, ...; the
+    seed's PointNet2MSG trunk keys) plus the head's `head.clf.*`. The head's first width must be the
+    backbone's output width (fp_mlps[0][-1]); `backbone` holds PointNet2MSG's keyword arguments.
+    """
+
+    def __init__(self, mlp_dims: Sequence[int] = MSG_HEAD_DIMS, **backbone: Any):
+        super().__init__(**backbone)
+        if mlp_dims[0] != self.out_channels:
+            raise ConfigError(
+                f"the point head's first width must be the PointNet-MSG output width ({self.out_channels}), "
+                f"got mlp_dims {list(mlp_dims)}"
+            )
+        self.head = MLPHead(mlp_dims)
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        features = super().forward(points)["fp2_features"]
+        return self.head(features.max(dim=2).values)

@@ -1,0 +1,92 @@
+"""Point backbones and encoders built from a run's validated `backbone` config block, by `name`.
+
+Two plain tables, one constructor per architecture:
+- BACKBONES: the backbone alone (what evaluation trains on and exports are checked against);
+- ENCODERS: backbone + global max-pool + projection head, what DepthContrast pretrains.
+The head defaults to [backbone width, hidden, embedding_dim]: hidden 512 for PointNet++ SSG (the seed's
+indoor head) and 128 for PointNet-MSG (the seed's LiDAR head).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from torch import nn
+
+from depthcontrast.data.point_features import InputFeatures
+from depthcontrast.errors import ConfigError
+from depthcontrast.models.heads import PointNetEncoder, PointNetMSGEncoder
+from depthcontrast.models.pointnet2 import PointNet2SSG, fp_width
+from depthcontrast.models.pointnet2_msg import PointNet2MSG
+
+SSG, MSG = "pointnet2_ssg", "pointnet2_msg"
+HEAD_HIDDEN = {SSG: 512, MSG: 128}
+
+BackboneConfig = Mapping[str, Any]
+
+
+def backbone_name(backbone: BackboneConfig) -> str:
+    """The architecture a backbone block names (blocks written before `name` existed are SSG)."""
+    name = backbone.get("name", SSG)
+    if name not in BACKBONES:
+        raise ConfigError(f"unknown point backbone {name!r} (known: {', '.join(BACKBONES)})")
+    return name
+
+
+def msg_settings(backbone: BackboneConfig) -> dict[str, Any]:
+    """PointNet2MSG keyword arguments from a `pointnet2_msg` block."""
+    return {
+        "npoints": backbone["npoints"],
+        "radius": backbone["radius"],
+        "nsample": backbone["nsample"],
+        "mlps": backbone["mlps"],
+        "fp_mlps": backbone["fp_mlps"],
+        "feature_channels": InputFeatures.of_backbone(backbone).channels,
+    }
+
+
+def _ssg(backbone: BackboneConfig) -> PointNet2SSG:
+    return PointNet2SSG(scale=backbone["scale"], npoints=backbone["npoints"])
+
+
+def _msg(backbone: BackboneConfig) -> PointNet2MSG:
+    return PointNet2MSG(**msg_settings(backbone))
+
+
+def _ssg_encoder(backbone: BackboneConfig, head: Sequence[int]) -> PointNetEncoder:
+    return PointNetEncoder(scale=backbone["scale"], mlp_dims=head, npoints=backbone["npoints"])
+
+
+def _msg_encoder(backbone: BackboneConfig, head: Sequence[int]) -> PointNetMSGEncoder:
+    return PointNetMSGEncoder(mlp_dims=head, **msg_settings(backbone))
+
+
+BACKBONES: dict[str, Callable[[BackboneConfig], nn.Module]] = {SSG: _ssg, MSG: _msg}
+ENCODERS: dict[str, Callable[[BackboneConfig, Sequence[int]], nn.Module]] = {SSG: _ssg_encoder, MSG: _msg_encoder}
+
+
+def backbone_width(backbone: BackboneConfig) -> int:
+    """Channels of the backbone's per-point output (fp2)."""
+    if backbone_name(backbone) == MSG:
+        return backbone["fp_mlps"][0][-1]
+    return fp_width(backbone["scale"])
+
+
+def head_dims(backbone: BackboneConfig, embedding_dim: int) -> list[int]:
+    """The configured projection head, or the default one for the architecture; ends at embedding_dim."""
+    name = backbone_name(backbone)
+    head = backbone.get("head_dims") or [backbone_width(backbone), HEAD_HIDDEN[name], embedding_dim]
+    if head[-1] != embedding_dim:
+        raise ConfigError(f"backbone.head_dims ends with {head[-1]}, but loss.embedding_dim is {embedding_dim}")
+    return list(head)
+
+
+def build_backbone(backbone: BackboneConfig) -> nn.Module:
+    """The backbone a block describes, freshly initialised."""
+    return BACKBONES[backbone_name(backbone)](backbone)
+
+
+def build_point_encoder(backbone: BackboneConfig, embedding_dim: int) -> nn.Module:
+    """Backbone + max-pool + projection head to `embedding_dim`, freshly initialised."""
+    return ENCODERS[backbone_name(backbone)](backbone, head_dims(backbone, embedding_dim))
