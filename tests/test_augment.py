@@ -368,6 +368,10 @@ def test_misaligned_extras_are_rejected():
         ({"name": "random_scale", "low": 1.2, "high": 0.8}, "low ≤ high"),
         ({"name": "multiscale", "sizes": []}, "non-empty list"),
         ({"crop": 0.2}, "'name' key"),
+        ({"name": "resample_lidar", "far_range": "1.0e9"}, r"far_range must be a number, got '1.0e9' \(YAML"),
+        ({"name": "resample", "npoints": 2.5}, "npoints must be an integer, got 2.5"),
+        ({"name": "random_flip", "flip_x": "no"}, "flip_x must be true or false"),
+        ({"name": "multiscale", "sizes": 1024}, "sizes must be a list"),
     ],
 )
 def test_bad_augmentation_config_is_a_config_error(spec, message):

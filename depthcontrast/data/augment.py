@@ -446,7 +446,27 @@ def build_transform(spec: Mapping[str, Any]) -> Transform:
             f"augmentation {name!r}: unknown parameter(s) {', '.join(unknown)} "
             f"(allowed: {', '.join(allowed) or 'none'})"
         )
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    for key, value in params.items():
+        _check_param_type(name, key, value, defaults[key])
     return cls(**params)
+
+
+def _check_param_type(name: str, key: str, value: Any, default: Any) -> None:
+    """ConfigError unless `value` has the kind of the parameter's default (number, integer, flag, list)."""
+    if isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, kind = isinstance(value, (int, np.integer)) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+        ok, kind = isinstance(value, (int, float, np.number)) and not isinstance(value, bool), "a number"
+    elif isinstance(default, (tuple, list)):
+        ok, kind = isinstance(value, (tuple, list)), "a list"
+    else:
+        return
+    if not ok:
+        hint = " (YAML reads 1.0e9 as text: write 1.0e+9)" if isinstance(value, str) and "e" in value.lower() else ""
+        raise ConfigError(f"augmentation {name!r}: {key} must be {kind}, got {value!r}{hint}")
 
 
 def build_transforms(
