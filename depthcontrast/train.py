@@ -218,6 +218,8 @@ class Trainer:
         if self.world.is_main:
             save_checkpoint(path, state)
             log.info("checkpoint %s (epoch %d, batch %d, step %d)", path, self.epoch, self.batch, self.global_step)
+        if self.world.distributed:  # no rank exits (srun --kill-on-bad-exit) before rank 0 has written the file
+            dist.barrier()
 
     def resume(self) -> bool:
         """Continue from resume/last.pth if it exists; False when there is nothing to resume."""
