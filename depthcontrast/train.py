@@ -195,6 +195,9 @@ class Trainer:
             self.dataset, batch_size=run["batch_size"], sampler=self.sampler, num_workers=run["num_workers"],
             pin_memory=self.device.type == "cuda", drop_last=True, persistent_workers=run["num_workers"] > 0,
             worker_init_fn=ignore_requeue_signals,
+            # its own generator: starting the workers draws a seed, which must not move the global RNG
+            # (the key batch shuffle's), or a resumed run would diverge from an uninterrupted one
+            generator=torch.Generator().manual_seed(run["seed"]),
         )  # fmt: skip
 
     # ----------------------------------------------------------------------------------- state

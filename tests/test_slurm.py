@@ -167,19 +167,23 @@ def test_srun_with_two_tasks_trains_as_one_gloo_process_group(tiny_config: Path,
     assert state["step"] == SRUN_STEPS
 
 
+@pytest.mark.parametrize("tasks", [1, 2])
 def test_sigterm_to_a_slurm_job_exits_75_and_the_resumed_job_matches_an_uninterrupted_run(
-    tiny_config: Path, tmp_path: Path
+    tiny_config: Path, tmp_path: Path, tasks: int
 ):
-    config = tiny_config.with_name("tiny_2_epochs.yaml")  # 12 steps: long enough to be signalled mid-run
-    run = dict(SRUN_RUN, epochs=2)
+    epochs = 2 * tasks  # 12 steps either way: long enough to be signalled mid-run
+    config = tiny_config.with_name(f"tiny_{epochs}_epochs.yaml")
+    run = dict(SRUN_RUN, epochs=epochs)
     config.write_text(yaml.safe_dump({**yaml.safe_load(tiny_config.read_text()), "pretrain": {"tiny": run}}))
     straight = tmp_path / "straight"
-    done = srun("--ntasks", "1", *pretrain_command(config, straight), cwd=tmp_path)
+    done = srun("--ntasks", str(tasks), *pretrain_command(config, straight), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
 
     interrupted = tmp_path / "interrupted"
     wrapped = "srun " + subprocess.list2cmdline(pretrain_command(config, interrupted))
-    job = slurm("sbatch", "--parsable", "--output", str(tmp_path / "job.log"), "--wrap", wrapped).strip()
+    job = slurm(
+        "sbatch", "--parsable", "--ntasks", str(tasks), "--output", str(tmp_path / "job.log"), "--wrap", wrapped
+    ).strip()  # fmt: skip
     metrics = interrupted / "resume" / "metrics.csv"
     wait_until(lambda: metrics.exists() and "\n0,2," in metrics.read_text(), JOB_START_TIMEOUT_S, "step 2")
     slurm("scancel", "--signal=TERM", job)  # what Slurm sends on pre-emption and at the time limit
@@ -188,11 +192,12 @@ def test_sigterm_to_a_slurm_job_exits_75_and_the_resumed_job_matches_an_uninterr
         JOB_START_TIMEOUT_S, "the signalled job to end",
     )  # fmt: skip
     log = (tmp_path / "job.log").read_text()
-    assert exit_status == EXIT_REQUEUE, f"{state}, exit {exit_status}:\n{log}"
-    assert 2 <= load_checkpoint(interrupted / "resume" / "last.pth")["step"] < 2 * SRUN_STEPS
+    assert exit_status == EXIT_REQUEUE, f"{state}, exit {exit_status}:\n{log}"  # every rank: no 143 from srun
+    stopped = load_checkpoint(interrupted / "resume" / "last.pth")
+    assert 2 <= stopped["step"] < 12 and stopped["world_size"] == tasks
     assert not (interrupted / "last.pth").exists()
 
-    resumed = srun("--ntasks", "1", *pretrain_command(config, interrupted, "--resume"), cwd=tmp_path)
+    resumed = srun("--ntasks", str(tasks), *pretrain_command(config, interrupted, "--resume"), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     expected = load_checkpoint(straight / "last.pth")["model"]
     actual = load_checkpoint(interrupted / "last.pth")["model"]
