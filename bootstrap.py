@@ -25,6 +25,7 @@ VENV = ROOT / ".venv"
 STAMP = VENV / ".depthcontrast-stamp"
 CONSTRAINTS = ROOT / "envs" / "constraints.txt"
 DEFAULT_TORCH = "torch==2.13.0"
+EXTRAS = ("dev", "voxel")  # pyproject extras installed: tests + tools, the spconv voxel stack (CPU build)
 # shared libraries that wheels need but do not bundle: (library name, Debian package)
 SYSTEM_LIBRARIES = [("usb-1.0", "libusb-1.0-0")]  # open3d
 
@@ -73,7 +74,7 @@ def ensure_venv() -> None:
         venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
     pip = [str(venv_python()), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     run([*pip, os.environ.get("DEPTHCONTRAST_TORCH", DEFAULT_TORCH)])
-    run([*pip, "-c", str(CONSTRAINTS), "-e", ".[dev]"])
+    run([*pip, "-c", str(CONSTRAINTS), "-e", f".[{','.join(EXTRAS)}]"])
     STAMP.write_text(stamp)
 
 

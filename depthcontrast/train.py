@@ -28,13 +28,13 @@ from torch.utils.data import DataLoader
 
 from depthcontrast.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from depthcontrast.data.sampler import ResumableDistributedSampler
-from depthcontrast.data.views import build_view_dataset
+from depthcontrast.data.views import build_view_dataset, collate_views, run_formats
 from depthcontrast.errors import ConfigError, DepthContrastError
 from depthcontrast.io_utils import atomic_path, atomic_write_bytes
 from depthcontrast.launch import WorldInfo, destroy_process_group, device_for, init_process_group
 from depthcontrast.log import progress
 from depthcontrast.method import DepthContrast
-from depthcontrast.models.encoders import build_point_encoder
+from depthcontrast.models.encoders import build_point_encoder, build_voxel_encoder
 
 log = logging.getLogger(__name__)
 EXIT_REQUEUE = 75  # sysexits EX_TEMPFAIL: stopped by a signal after checkpointing; rerun with --resume
@@ -62,20 +62,46 @@ def learning_rate(run: Mapping[str, Any], epoch: int, step: int, steps_per_epoch
     return final + (base - final) * 0.5 * (1.0 + math.cos(math.pi * progress / run["epochs"]))
 
 
+# loss terms of a joint (point + voxel) run without loss_types / weights in its config: the seed's LiDAR
+# joint config (point_vox_lidar_template: NPID only, both within-format terms at weight 1)
+JOINT_LOSS_DEFAULTS = {
+    "loss_types": ["NPID"], "within_format_weights": [1.0, 1.0], "across_format_weights": [0.0, 0.0],
+}  # fmt: skip
+SINGLE_LOSS_DEFAULTS = {
+    "loss_types": ["NPID"], "within_format_weights": [1.0, 0.0], "across_format_weights": [0.0, 0.0],
+}  # fmt: skip
+
+
 def build_model(run: Mapping[str, Any]) -> DepthContrast:
-    """DepthContrast with the point encoder the run's `backbone` block names (PointNet++ SSG or MSG)."""
+    """DepthContrast with the encoders of the run's formats: the point encoder its `backbone` block names
+    (PointNet++ SSG or MSG) and/or the voxel encoder of its `voxel_backbone` block (sparse UNet)."""
     backbone, loss = run["backbone"], run["loss"]
+    formats = run_formats(run)
 
     def point_encoder() -> torch.nn.Module:
         return build_point_encoder(backbone, loss["embedding_dim"])
 
+    def voxel_encoder() -> torch.nn.Module:
+        return build_voxel_encoder(run["voxel_backbone"], loss["embedding_dim"])
+
+    makers = {"point": point_encoder, "voxel": voxel_encoder}
+    defaults = JOINT_LOSS_DEFAULTS if len(formats) > 1 else SINGLE_LOSS_DEFAULTS
+    terms = {key: loss.get(key) or value for key, value in defaults.items()}
     return DepthContrast(
-        {"point": point_encoder},
+        {name: makers[name] for name in formats},
         queue_size=loss["num_negatives"],
         embedding_dim=loss["embedding_dim"],
         temperature=loss["temperature"],
         momentum=loss["momentum"],
+        **terms,
     )
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    """A view batch (tensor, or a voxel dict of tensors and its batch_size) on `device`."""
+    if isinstance(batch, Mapping):
+        return {key: _to_device(value, device) for key, value in batch.items()}
+    return batch.to(device, non_blocking=True) if isinstance(batch, torch.Tensor) else batch
 
 
 def ignore_requeue_signals(_worker_id: int) -> None:
@@ -168,6 +194,10 @@ class Trainer:
         if run["deterministic"]:
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
+            if "voxel" in run_formats(run) and self.device.type == "cpu" and torch.get_num_threads() > 1:
+                # spconv's CPU kernels sum in thread order: one thread makes voxel runs bit-reproducible
+                log.info("deterministic voxel run on CPU: using 1 thread (was %d)", torch.get_num_threads())
+                torch.set_num_threads(1)
         torch.manual_seed(run["seed"])  # identical initial weights and queues on every rank
 
         self.dataset = build_view_dataset(shard_dirs, run)
@@ -197,7 +227,7 @@ class Trainer:
             worker_init_fn=ignore_requeue_signals,
             # its own generator: starting the workers draws a seed, which must not move the global RNG
             # (the key batch shuffle's), or a resumed run would diverge from an uninterrupted one
-            generator=torch.Generator().manual_seed(run["seed"]),
+            generator=torch.Generator().manual_seed(run["seed"]), collate_fn=collate_views,
         )  # fmt: skip
 
     # ----------------------------------------------------------------------------------- state
@@ -261,11 +291,13 @@ class Trainer:
         self.sampler.set_position(self.epoch, self.batch)
         return self.loader
 
-    def _step(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        view_a = batch["view_a"].to(self.device, non_blocking=True)
-        view_b = batch["view_b"].to(self.device, non_blocking=True)
+    def _step(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        views = {"point": ("view_a", "view_b"), "voxel": ("voxel_a", "voxel_b")}
+        inputs = {
+            name: tuple(_to_device(batch[key], self.device) for key in views[name]) for name in self.model.formats
+        }
         with self.autocast:
-            loss, terms = self.module({"point": (view_a, view_b)})
+            loss, terms = self.module(inputs)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.run["grad_clip_norm"] is not None:

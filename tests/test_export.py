@@ -1,5 +1,5 @@
-"""Export to downstream layouts (VoteNet/H3DNet, plain, OpenPCDet for PointNet-MSG runs, and the voxel
-targets' layouts) and the import of the seed's released checkpoints, on real checkpoints written by
+"""Export to downstream layouts (VoteNet/H3DNet, plain, OpenPCDet for PointNet-MSG and sparse-UNet runs, and
+the voxel targets' layouts) and the import of the seed's released checkpoints, on real checkpoints written by
 save_checkpoint / torch.save."""
 
 from __future__ import annotations
@@ -454,7 +454,7 @@ def test_an_ssg_run_asked_for_openpcdet_names_both_backbones_it_could_use(checkp
         export_checkpoint(checkpoint, "openpcdet", tmp_path)
     message = str(caught.value)
     assert "PointNet-MSG point encoder (backbone.name: pointnet2_msg)" in message
-    assert "sparse UNet (spconv) voxel encoder (needs the spconv voxel stack, not in this package yet)" in message
+    assert "sparse UNet (spconv) voxel encoder (voxel_backbone.name: spconv_unet)" in message
 
 
 def test_msg_weights_that_openpcdets_loader_would_skip_are_refused_before_writing(msg_checkpoint, tmp_path):
@@ -465,3 +465,131 @@ def test_msg_weights_that_openpcdets_loader_would_skip_are_refused_before_writin
     with pytest.raises(ExportError, match=r"OpenPCDet's loader would skip 3 keys \(backbone_3d\.FP_modules\.0"):
         export_checkpoint(path, "openpcdet", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------- sparse UNet (UNetV2) → OpenPCDet (real)
+def unetv2_backbone_shapes(input_channels: int) -> dict[str, tuple[int, ...]]:
+    """OpenPCDet UNetV2's backbone_3d parameter shapes (spconv_unet.py, RETURN_ENCODED_TENSOR False), spconv 2.x
+    layout [out, 3, 3, 3, in], written out from its layer list: (module prefix, in, out) per conv + BN."""
+    convs = [("conv_input.0", "conv_input.1", input_channels, 16), ("conv1.0.0", "conv1.0.1", 16, 16)]
+    for level, (cin, cout) in ((2, (16, 32)), (3, (32, 64)), (4, (64, 64))):
+        convs += [(f"conv{level}.{i}.0", f"conv{level}.{i}.1", cin if i == 0 else cout, cout) for i in range(3)]
+    for level, width, out in ((4, 64, 64), (3, 64, 32), (2, 32, 16), (1, 16, 16)):
+        convs += [(f"conv_up_t{level}.conv{i}", f"conv_up_t{level}.bn{i}", width, width) for i in (1, 2)]
+        convs.append((f"conv_up_m{level}.0", f"conv_up_m{level}.1", 2 * width, width))
+        if level > 1:
+            convs.append((f"inv_conv{level}.0", f"inv_conv{level}.1", width, out))
+    convs.append(("conv5.0.0", "conv5.0.1", 16, 16))
+    shapes: dict[str, tuple[int, ...]] = {}
+    for conv, bn, cin, cout in convs:
+        shapes[f"{conv}.weight"] = (cout, 3, 3, 3, cin)
+        shapes.update({f"{bn}.{name}": (cout,) for name in ("weight", "bias", "running_mean", "running_var")})
+        shapes[f"{bn}.num_batches_tracked"] = ()
+    return shapes
+
+
+class PartA2Like(nn.Module):
+    """A detector with UNetV2's backbone_3d keys and shapes plus a point head the pretrained file lacks."""
+
+    def __init__(self, input_channels: int = 4):
+        super().__init__()
+        self.backbone_3d = nn.Module()
+        for key, shape in unetv2_backbone_shapes(input_channels).items():
+            *path, name = key.split(".")
+            parent = self.backbone_3d
+            for part in path:
+                if not hasattr(parent, part):
+                    parent.add_module(part, nn.Module())
+                parent = getattr(parent, part)
+            parent.register_buffer(name, torch.zeros(shape, dtype=torch.long if not shape else torch.float32))
+        self.point_head = nn.Linear(16, 3)
+
+
+def unet_run_config(**voxel) -> dict:
+    block = {"voxel_size": [0.1, 0.1, 0.2], "point_range": [0, 0, 0, 3.2, 3.2, 1.8], **voxel}
+    run = {"datasets": ["d"], "formats": ["voxel"], "voxel_backbone": block, "loss": {"num_negatives": QUEUE}}
+    config = {"datasets": {"d": {"source": {"kind": "builtin", "subset": "lidar"}}}, "pretrain": {"r": run}}
+    return validate_config(config)["pretrain"]["r"]
+
+
+@pytest.fixture(scope="module")
+def unet_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A voxel-only sparse-UNet run's checkpoint as train.py writes it (x, y, z, intensity voxel features)."""
+    pytest.importorskip("spconv.pytorch", reason="the voxel extra (spconv) is not installed")
+    torch.manual_seed(2)
+    run = unet_run_config()
+    model = build_model(run)
+    with torch.no_grad():
+        randomise_buffers(model)
+        for param in model.key_encoders.parameters():
+            param.add_(1.0)
+    path = tmp_path_factory.mktemp("unet_ckpt") / "last.pth"
+    save_checkpoint(path, {"model": model.state_dict(), "optimizer": {}, "epoch": EPOCH, "step": 5, "config": run})
+    return path
+
+
+def voxel_query_encoder(path: Path) -> dict[str, torch.Tensor]:
+    prefix = "query_encoders.voxel."
+    return {k[len(prefix) :]: v for k, v in load_checkpoint(path)["model"].items() if k.startswith(prefix)}
+
+
+def test_unet_openpcdet_export_fills_part_a2s_backbone_3d_exactly_by_openpcdets_loader(unet_checkpoint, tmp_path):
+    weights, _ = export_checkpoint(unet_checkpoint, "openpcdet", tmp_path)
+    detector = PartA2Like()
+    updated, not_updated = openpcdet_load_params_from_file(detector, weights)
+    assert updated == {f"backbone_3d.{k}" for k in unetv2_backbone_shapes(4)}  # every tensor, none skipped
+    assert not_updated == {"point_head.weight", "point_head.bias"}
+    file = torch.load(weights, weights_only=True)
+    assert file["epoch"] == EPOCH and file["version"].startswith("depthcontrast-pipeline")
+    loaded = detector.state_dict()
+    for key, tensor in voxel_query_encoder(unet_checkpoint).items():
+        if not key.startswith("head."):
+            assert torch.equal(loaded[f"backbone_3d.{key}"], tensor), key  # the query encoder, BN stats included
+
+
+def test_unet_openpcdet_export_gives_the_fork_spconv_1_weights_as_trunk_2(unet_checkpoint, tmp_path):
+    weights, _ = export_checkpoint(unet_checkpoint, "openpcdet", tmp_path)
+    file = torch.load(weights, weights_only=True)
+    trunk = file["classy_state_dict"]["base_model"]["model"]["trunk"]
+    source = voxel_query_encoder(unet_checkpoint)
+    assert set(trunk) == {f"2.{k}" for k in source}  # the whole query encoder, head included, as the seed saved it
+    assert trunk["2.conv_input.0.weight"].shape == (3, 3, 3, 4, 16)  # spconv 1.x: [k, k, k, in, out]
+    assert torch.equal(trunk["2.conv_up_m4.0.weight"], source["conv_up_m4.0.weight"].permute(1, 2, 3, 4, 0))
+    assert torch.equal(trunk["2.conv_up_m4.1.running_mean"], source["conv_up_m4.1.running_mean"])
+    detector_keys = [*(f"backbone_3d.{k}" for k in unetv2_backbone_shapes(4)), "point_head.weight"]
+    view = openpcdet_fork_loader_view(file, detector_keys)
+    assert set(view) == set(file["model_state"])
+
+
+def test_unet_openpcdet_sidecar_records_the_part_a2_settings(unet_checkpoint, tmp_path):
+    weights, sidecar = export_checkpoint(unet_checkpoint, "openpcdet", tmp_path)
+    meta = json.loads(sidecar.read_text())
+    assert meta["output_sha256"] == sha256_file(weights) and meta["missing_keys"] == [] == meta["unexpected_keys"]
+    assert meta["key_map"]["query_encoders.voxel.conv_input.0.weight"] == "backbone_3d.conv_input.0.weight"
+    assert meta["shapes"]["backbone_3d.inv_conv3.0.weight"] == [32, 3, 3, 3, 64]
+    assert len(meta["shapes"]) == len(unetv2_backbone_shapes(4))
+    downstream = meta["downstream_config"]
+    assert downstream["VFE"] == {"NAME": "MeanVFE"} and downstream["input_channels"] == 4
+    assert downstream["BACKBONE_3D"] == {"NAME": "UNetV2", "RETURN_ENCODED_TENSOR": False}
+    assert downstream["VOXEL_SIZE"] == [0.1, 0.1, 0.2] and downstream["MAX_POINTS_PER_VOXEL"] == 5
+    ignored = meta["ignored_by_loader"]
+    assert ignored and all(k.startswith("classy_state_dict trunk 2.head.") for k in ignored)
+
+
+def test_unet_weights_that_openpcdets_loader_would_skip_are_refused_before_writing(unet_checkpoint, tmp_path):
+    state = load_checkpoint(unet_checkpoint)
+    state["config"] = unet_run_config(features=[])  # the config says x, y, z only; the weights read intensity
+    path = tmp_path / "mismatch.pth"
+    save_checkpoint(path, state)
+    with pytest.raises(ExportError, match=r"OpenPCDet's loader would skip 1 keys \(backbone_3d\.conv_input\.0\.weight"):
+        export_checkpoint(path, "openpcdet", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("target", "needs"), [("minkunet_seg", "MinkowskiEngine"), ("votenet", "PointNet++")])
+def test_a_unet_run_asked_for_another_stacks_target_is_a_one_line_error(unet_checkpoint, tmp_path, target, needs):
+    with pytest.raises(ExportError) as caught:
+        export_checkpoint(unet_checkpoint, target, tmp_path)
+    message = str(caught.value)
+    assert "\n" not in message and "has only a sparse UNet (spconv) voxel encoder" in message and needs in message
+    assert not list(tmp_path.iterdir())

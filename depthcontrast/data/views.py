@@ -4,6 +4,11 @@ Randomness is stateless: the views of sample i in epoch e come from a generator 
 (seed, e, i), so results do not depend on the number of DataLoader workers or on where a resumed
 run restarts. Items are fetched by `(epoch, index)` keys (see data/sampler.py), so DataLoader
 workers can persist across epochs.
+
+A run whose `formats` include "voxel" also gets two voxel views per sample ("voxel_a", "voxel_b"),
+as the seed's LiDAR joint runs: two more independent passes of the augmentations without the final
+resampling (the seed's voxel branch keeps every point), voxelised (data/voxelize.py). Their
+randomness comes from a generator of its own, so the point views are the same with or without them.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import ConcatDataset, Dataset, default_collate
 
 from depthcontrast.data.augment import (
     INDOOR_SEED_AUGMENTATIONS,
@@ -26,10 +31,21 @@ from depthcontrast.data.augment import (
 )
 from depthcontrast.data.point_features import InputFeatures
 from depthcontrast.data.shard_dataset import ShardDataset
+from depthcontrast.data.voxelize import VoxelGrid, Voxels, collate_voxels, voxelize
 from depthcontrast.errors import ConfigError
 
 AUGMENTATION_PRESETS = {"indoor": INDOOR_SEED_AUGMENTATIONS, "lidar": LIDAR_SEED_AUGMENTATIONS}
 RESAMPLERS = ("resample", "resample_lidar")
+FORMATS = ("point", "voxel")
+VOXEL_STREAM = 1  # extra seed component of the voxel views' generator
+
+
+def run_formats(run: Mapping[str, Any]) -> tuple[str, ...]:
+    """The input formats a validated run trains, point first (no `formats` key: point only)."""
+    formats = tuple(name for name in FORMATS if name in (run.get("formats") or ("point",)))
+    if "voxel" in formats and not run.get("voxel_backbone"):
+        raise ConfigError("formats lists voxel but the run has no voxel_backbone block (e.g. {name: spconv_unet})")
+    return formats
 
 
 def augmentation_specs(
@@ -62,17 +78,25 @@ class TwoViewDataset(Dataset):
         seed: int,
         verify: bool = True,
         features: InputFeatures | None = None,
+        formats: Sequence[str] = ("point",),
+        voxel_grid: VoxelGrid | None = None,
+        voxel_features: InputFeatures | None = None,
+        voxel_transforms: Compose | None = None,
     ):
         features = features or InputFeatures()
+        voxel_features = voxel_features or InputFeatures()
+        if "voxel" in formats and voxel_grid is None:
+            raise ConfigError("a voxel format needs a voxel grid (voxel_backbone block)")
         shards = [ShardDataset(Path(d), verify=verify) for d in shard_dirs]
         for dataset in shards:
-            missing = features.missing_from(dataset.feature_names)
-            if missing:
-                have = ", ".join(dataset.feature_names) or "none"
-                raise ConfigError(
-                    f"{dataset.shard_dir}: the backbone reads {missing} but these shards have features: {have}; "
-                    "pretrain on data that has them (preprocess.keep_features) or set backbone.features: []"
-                )
+            for reader, wanted in (("backbone", features), ("voxel_backbone", voxel_features)):
+                missing = wanted.missing_from(dataset.feature_names)
+                if missing:
+                    have = ", ".join(dataset.feature_names) or "none"
+                    raise ConfigError(
+                        f"{dataset.shard_dir}: the {reader} reads {missing} but these shards have features: {have}; "
+                        f"pretrain on data that has them (preprocess.keep_features) or set {reader}.features: []"
+                    )
         if verify:  # once here, before workers fork: they inherit the result instead of each re-hashing
             for dataset in shards:
                 dataset.verify_all()
@@ -81,6 +105,10 @@ class TwoViewDataset(Dataset):
         self.transforms = transforms
         self.seed = seed
         self.features = features
+        self.formats = tuple(formats)
+        self.voxel_grid = voxel_grid
+        self.voxel_features = voxel_features
+        self.voxel_transforms = voxel_transforms or transforms
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -93,16 +121,31 @@ class TwoViewDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         item = self.source[index]
-        cloud = PointCloud(item["points"])
+        extras = {}
         if self.features.names:
-            cloud = PointCloud(item["points"], {"features": self._features(index, item)})
-        rng = np.random.default_rng([self.seed, epoch, index])
-        view_a, view_b = two_views(cloud, self.transforms, rng)
-        return {"view_a": self._array(view_a), "view_b": self._array(view_b), "index": index}
+            extras["features"] = self._features(index, item, self.features)
+        if "voxel" in self.formats and self.voxel_features.names:
+            extras["voxel_features"] = self._features(index, item, self.voxel_features)
+        cloud = PointCloud(item["points"], extras)
+        out: dict[str, Any] = {"index": index}
+        if "point" in self.formats:
+            rng = np.random.default_rng([self.seed, epoch, index])
+            view_a, view_b = two_views(cloud, self.transforms, rng)
+            out |= {"view_a": self._array(view_a), "view_b": self._array(view_b)}
+        if "voxel" in self.formats:
+            rng = np.random.default_rng([self.seed, epoch, index, VOXEL_STREAM])
+            voxel_a, voxel_b = two_views(cloud, self.voxel_transforms, rng)
+            out |= {"voxel_a": self._voxels(voxel_a), "voxel_b": self._voxels(voxel_b)}
+        return out
 
-    def _features(self, index: int, item: dict[str, Any]) -> np.ndarray:
+    def _voxels(self, view: PointCloud) -> Voxels:
+        assert self.voxel_grid is not None
+        columns = [view.xyz, *([view.extras["voxel_features"]] if self.voxel_features.names else [])]
+        return voxelize(np.concatenate(columns, axis=1, dtype=np.float32), self.voxel_grid)
+
+    def _features(self, index: int, item: dict[str, Any], wanted: InputFeatures) -> np.ndarray:
         shard = self.shards[int(np.searchsorted(self.source.cumulative_sizes, index, side="right"))]
-        return self.features.columns(
+        return wanted.columns(
             len(item["points"]), item.get("features"), shard.feature_names, shard.index.feature_channels,
             source=f"{shard.shard_dir}: {item['sample_id']}",
         )  # fmt: skip
@@ -113,10 +156,34 @@ class TwoViewDataset(Dataset):
         return np.concatenate([view.xyz, view.extras["features"]], axis=1, dtype=np.float32)
 
 
+def collate_views(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """DataLoader collate: voxel views through `collate_voxels`, everything else as torch's default."""
+    return {
+        key: collate_voxels([item[key] for item in items])
+        if isinstance(items[0][key], Voxels)
+        else default_collate([item[key] for item in items])
+        for key in items[0]
+    }
+
+
 def build_view_dataset(shard_dirs: Sequence[Path], run: Mapping[str, Any]) -> TwoViewDataset:
     """The dataset a pretraining run (validated config block) trains on."""
     specs = augmentation_specs(run["augmentations"], run["augmentation_overrides"], run["points_per_view"])
     features = InputFeatures.of_backbone(run["backbone"])
+    formats = run_formats(run)
+    if "voxel" not in formats:
+        return TwoViewDataset(
+            shard_dirs, build_transforms(specs), seed=run["seed"], verify=run["verify_shards"], features=features
+        )
+    voxel_block = run["voxel_backbone"]
     return TwoViewDataset(
-        shard_dirs, build_transforms(specs), seed=run["seed"], verify=run["verify_shards"], features=features
+        shard_dirs,
+        build_transforms(specs),
+        seed=run["seed"],
+        verify=run["verify_shards"],
+        features=features if "point" in formats else InputFeatures(),
+        formats=formats,
+        voxel_grid=VoxelGrid.of_backbone(voxel_block),
+        voxel_features=InputFeatures.of_backbone(voxel_block),
+        voxel_transforms=build_transforms([spec for spec in specs if spec["name"] not in RESAMPLERS]),
     )

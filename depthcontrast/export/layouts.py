@@ -126,3 +126,13 @@ def openpcdet_fork_loader_view(layout: Mapping[str, object], model_keys: list[st
                 view[key] = available[source]
                 break
     return view
+
+
+def spconv1_weights(state: StateDict) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """`state` with every 3D sparse-conv weight moved from spconv 2.x's [out, k, k, k, in] layout to spconv
+    1.x's [k, k, k, in, out] (the DepthContrast fork's spconv); returns (state, the keys moved)."""
+    moved = sorted(key for key, tensor in state.items() if key.endswith("weight") and tensor.ndim == 5)
+    out = dict(state)
+    for key in moved:
+        out[key] = state[key].permute(1, 2, 3, 4, 0).contiguous()
+    return out, moved

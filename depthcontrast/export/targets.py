@@ -27,15 +27,22 @@ from depthcontrast.export.layouts import (
     HEAD_PREFIX,
     POINT_QUERY_TRUNK,
     VOTENET_PREFIX,
+    VOXEL_QUERY_TRUNK,
     is_head_key,
     openpcdet_fork_loader_view,
     openpcdet_layout,
     openpcdet_loader_view,
     plain_layout,
+    spconv1_weights,
     votenet_layout,
     votenet_loader_view,
 )
-from depthcontrast.export.openpcdet_reference import OPENPCDET_XYZ_CHANNELS, PointRCNNStandIn
+from depthcontrast.export.openpcdet_reference import (
+    OPENPCDET_XYZ_CHANNELS,
+    SPCONV1_LAYOUT,
+    PartA2StandIn,
+    PointRCNNStandIn,
+)
 from depthcontrast.io_utils import atomic_write_bytes, atomic_write_json, sha256_file
 from depthcontrast.models.encoders import build_backbone
 from depthcontrast.models.pointnet2 import PointNet2SSG
@@ -60,7 +67,7 @@ TARGET_NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 KNOWN_TARGETS = tuple(TARGET_NEEDS)
 # voxel encoders need a stack this package does not have yet: say so instead of "train another run"
-VOXEL_STACKS = {"minkunet": "MinkowskiEngine", "spconv_unet": "spconv"}
+VOXEL_STACKS = {"minkunet": "MinkowskiEngine"}
 
 
 class ExportError(DataError):
@@ -85,7 +92,8 @@ def checkpoint_encoders(state: Mapping[str, Any]) -> dict[str, str]:
     """Format → architecture name of each query encoder in a loaded checkpoint."""
     formats = sorted({key.split(".")[1] for key in state["model"] if key.startswith(QUERY_PREFIX)})
     backbone = state["config"]["backbone"].get("name", "pointnet2_ssg")  # configs from before `name`: PointNet++
-    return {name: backbone if name == "point" else f"{name}_encoder" for name in formats}
+    voxel = (state["config"].get("voxel_backbone") or {}).get("name", "voxel_encoder")
+    return {name: {"point": backbone, "voxel": voxel}.get(name, f"{name}_encoder") for name in formats}
 
 
 def query_encoder_state(state: Mapping[str, Any], name: str) -> dict[str, torch.Tensor]:
@@ -103,7 +111,8 @@ def _need(name: str, arch: str) -> str:
     if arch in VOXEL_STACKS:
         stack = VOXEL_STACKS[arch]
         return f"a {ARCHITECTURES[arch]} {name} encoder (needs the {stack} voxel stack, not in this package yet)"
-    return f"a {ARCHITECTURES[arch]} {name} encoder (backbone.name: {arch})"
+    block = "voxel_backbone" if name == "voxel" else "backbone"
+    return f"a {ARCHITECTURES[arch]} {name} encoder ({block}.name: {arch})"
 
 
 def _encoder_for(checkpoint: Path, target: str, encoders: Mapping[str, str]) -> str:
@@ -230,6 +239,61 @@ def _export_openpcdet(checkpoint: Path, state: Mapping[str, Any], encoder: dict[
     )
 
 
+def openpcdet_unet_config(block: Mapping[str, Any]) -> dict[str, Any]:
+    """The OpenPCDet settings a sparse-UNet run's export fits (Part-A2-free: MeanVFE + UNetV2 without conv_out).
+
+    The weights' shapes fix only the VFE's input channels (x, y, z + point features); the voxel size and
+    range are the pretraining run's, listed so the detector's voxels can be chosen alike.
+    """
+    features = InputFeatures.of_backbone(block)
+    return {
+        "VFE": {"NAME": "MeanVFE"},
+        "BACKBONE_3D": {"NAME": "UNetV2", "RETURN_ENCODED_TENSOR": False},
+        "input_channels": OPENPCDET_XYZ_CHANNELS + features.channels,
+        "used_feature_list": ["x", "y", "z", *features.names],
+        "VOXEL_SIZE": list(block["voxel_size"]),
+        "POINT_CLOUD_RANGE": list(block["point_range"]),
+        "MAX_POINTS_PER_VOXEL": block["max_points_per_voxel"],
+        "weight_layout": {
+            "model_state": "spconv 2.x [out, 3, 3, 3, in] (upstream OpenPCDet)",
+            "classy_state_dict": "spconv 1.x [3, 3, 3, in, out] (the DepthContrast fork)",
+        },
+    }
+
+
+def _export_openpcdet_unet(checkpoint: Path, state: Mapping[str, Any], encoder: dict[str, torch.Tensor]) -> Export:
+    """The sparse UNet as Part-A2's `backbone_3d`: `model_state` in spconv 2.x layout for upstream OpenPCDet,
+    `classy_state_dict` trunk 2 in spconv 1.x layout for the fork; each verified by its loader's rules into a
+    stand-in built from OpenPCDet's UNetV2 names and shapes in that layout."""
+    downstream = openpcdet_unet_config(state["config"]["voxel_backbone"])
+    layout, key_map = openpcdet_layout(encoder, trunk=VOXEL_QUERY_TRUNK)
+    trunk = layout["classy_state_dict"]["base_model"]["model"]["trunk"]
+    trunk_spconv1, _ = spconv1_weights(trunk)
+    layout["classy_state_dict"]["base_model"]["model"]["trunk"] = trunk_spconv1
+    model_state = layout["model_state"]
+    detector = PartA2StandIn(downstream["input_channels"])
+    loaded, skipped = openpcdet_loader_view(model_state, detector.state_dict())
+    if skipped:
+        raise ExportError(
+            f"{checkpoint}: OpenPCDet's loader would skip {_summary(skipped)} (unknown to UNetV2 or of another "
+            "shape); the checkpoint does not fit the voxel backbone its config names"
+        )
+    missing, unexpected = _strict_load(detector, loaded, f"{checkpoint}: OpenPCDet backbone_3d (UNetV2)")
+    fork = PartA2StandIn(downstream["input_channels"], layout=SPCONV1_LAYOUT)
+    fork_view = openpcdet_fork_loader_view(layout, list(fork.state_dict()))
+    fork_missing, fork_unexpected = _strict_load(fork, fork_view, f"{checkpoint}: OpenPCDet fork backbone_3d (UNetV2)")
+    ignored = sorted(f"classy_state_dict trunk {VOXEL_QUERY_TRUNK}.{key}" for key in encoder if is_head_key(key))
+    return Export(
+        payload={**layout, "epoch": state["epoch"], "version": TOOL_VERSION},
+        tensors=model_state,
+        key_map={f"{QUERY_PREFIX}voxel.{key}": out for key, out in key_map.items()},
+        missing_keys=sorted(set(missing) | set(fork_missing)),
+        unexpected_keys=sorted(set(unexpected) | set(fork_unexpected)),
+        ignored_keys=ignored,
+        downstream_config=downstream,
+    )
+
+
 Exporter = Callable[[Path, Mapping[str, Any], dict[str, torch.Tensor]], Export]
 EXPORTERS: dict[str, Exporter] = {
     "votenet": _export_votenet,
@@ -237,6 +301,7 @@ EXPORTERS: dict[str, Exporter] = {
     "plain": _export_plain,
     "openpcdet": _export_openpcdet,
 }
+VOXEL_EXPORTERS: dict[str, Exporter] = {"openpcdet": _export_openpcdet_unet}  # from a run's voxel encoder
 
 
 def _torch_bytes(payload: Any) -> bytes:
@@ -257,9 +322,10 @@ def export_checkpoint(checkpoint: Path, target: str, out_dir: Path) -> tuple[Pat
         raise ConfigError(f"unknown export target {target!r} (known: {', '.join(KNOWN_TARGETS)})")
     state = load_checkpoint(checkpoint)
     name = _encoder_for(checkpoint, target, checkpoint_encoders(state))
-    if target not in EXPORTERS:
+    exporters = VOXEL_EXPORTERS if name == "voxel" else EXPORTERS
+    if target not in exporters:
         raise ExportError(f"{checkpoint}: export to {target!r} is not implemented yet")
-    export = EXPORTERS[target](checkpoint, state, query_encoder_state(state, name))
+    export = exporters[target](checkpoint, state, query_encoder_state(state, name))
     if export.missing_keys or export.unexpected_keys:
         raise ExportError(
             f"{checkpoint}: export to {target!r} does not load strictly: missing {_summary(export.missing_keys)}, "

@@ -5,6 +5,9 @@ Two plain tables, one constructor per architecture:
 - ENCODERS: backbone + global max-pool + projection head, what DepthContrast pretrains.
 The head defaults to [backbone width, hidden, embedding_dim]: hidden 512 for PointNet++ SSG (the seed's
 indoor head) and 128 for PointNet-MSG (the seed's LiDAR head).
+
+Voxel encoders come from a run's `voxel_backbone` block through VOXEL_ENCODERS; their modules import
+their sparse-conv stack (spconv) only when one is built.
 """
 
 from __future__ import annotations
@@ -85,6 +88,34 @@ def head_dims(backbone: BackboneConfig, embedding_dim: int) -> list[int]:
 def build_backbone(backbone: BackboneConfig) -> nn.Module:
     """The backbone a block describes, freshly initialised."""
     return BACKBONES[backbone_name(backbone)](backbone)
+
+
+def _spconv_unet_encoder(block: BackboneConfig, head: Sequence[int]) -> nn.Module:
+    from depthcontrast.data.voxelize import VoxelGrid
+    from depthcontrast.models.spconv_unet import UNetV2Encoder  # imports spconv
+
+    channels = 3 + InputFeatures.of_backbone(block).channels  # MeanVFE: mean x, y, z + point features
+    return UNetV2Encoder(channels, VoxelGrid.of_backbone(block).sparse_shape, head)
+
+
+SPCONV_UNET = "spconv_unet"
+VOXEL_HEAD_IN = {SPCONV_UNET: 128}  # UNetV2: pooled decoder outputs 64 + 32 + 16 + 16
+VOXEL_ENCODERS: dict[str, Callable[[BackboneConfig, Sequence[int]], nn.Module]] = {SPCONV_UNET: _spconv_unet_encoder}
+
+
+def voxel_head_dims(block: BackboneConfig, embedding_dim: int) -> list[int]:
+    """The voxel encoder's projection head: configured, or [pooled width, 128, embedding_dim] (seed UNetV2)."""
+    head = block.get("head_dims") or [VOXEL_HEAD_IN[block["name"]], 128, embedding_dim]
+    if head[-1] != embedding_dim:
+        raise ConfigError(f"voxel_backbone.head_dims ends with {head[-1]}, but loss.embedding_dim is {embedding_dim}")
+    return list(head)
+
+
+def build_voxel_encoder(block: BackboneConfig, embedding_dim: int) -> nn.Module:
+    """A run's voxel encoder (`voxel_backbone` block): sparse backbone + pooling + head, freshly initialised."""
+    if block.get("name") not in VOXEL_ENCODERS:
+        raise ConfigError(f"unknown voxel backbone {block.get('name')!r} (known: {', '.join(VOXEL_ENCODERS)})")
+    return VOXEL_ENCODERS[block["name"]](block, voxel_head_dims(block, embedding_dim))
 
 
 def build_point_encoder(backbone: BackboneConfig, embedding_dim: int) -> nn.Module:
