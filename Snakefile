@@ -44,4 +44,4 @@ rule all:
 onerror:
     from depthcontrast.report import summarize_after_failure  # here: matplotlib only when it is needed
 
-    summarize_after_failure(Path("results"), enabled_runs(), sorted(config["evaluate"]["tasks"]))
+    summarize_after_failure(Path("results"), enabled_runs(), evaluated_tasks(config))

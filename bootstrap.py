@@ -88,9 +88,7 @@ def main(argv: list[str]) -> int:
     command, extra = argv[0], argv[1:]
     if command == "demo":
         cores = str(os.cpu_count() or 1)
-        return subprocess.run(
-            [str(VENV / "bin" / "snakemake"), "--cores", cores, *extra], cwd=ROOT, env=env
-        ).returncode
+        return subprocess.run([str(VENV / "bin" / "snakemake"), "--cores", cores, *extra], cwd=ROOT, env=env).returncode
     if command == "test":
         return subprocess.run([str(venv_python()), "-m", "pytest", *extra], cwd=ROOT, env=env).returncode
     return 0

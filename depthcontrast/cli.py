@@ -137,12 +137,13 @@ def cmd_import_seed(args: argparse.Namespace) -> None:
 
 
 def cmd_summarize(args: argparse.Namespace) -> int:
+    from depthcontrast.architectures import evaluated_tasks
     from depthcontrast.config import load_config
     from depthcontrast.report import summarize_results
 
     config = load_config(args.config)
     runs = sorted(name for name, run in config["pretrain"].items() if run["enabled"])
-    statuses = summarize_results(Path(args.results), runs, sorted(config["evaluate"]["tasks"]))
+    statuses = summarize_results(Path(args.results), runs, evaluated_tasks(config))
     for status in statuses:
         missing = ", ".join(f"{task}: {why}" for task, why in status.missing_tasks)
         print(f"{status.run}\t{status.state}\t{status.detail or (f'evaluation missing: {missing}' if missing else '')}")

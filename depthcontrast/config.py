@@ -12,6 +12,13 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
+from depthcontrast.architectures import (
+    default_export_targets,
+    describe_encoders,
+    run_encoders,
+    source_format,
+    what_target_needs,
+)
 from depthcontrast.errors import ConfigError
 from depthcontrast.sweeps import expand_sweeps
 
@@ -76,13 +83,15 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
     errors = list(_DefaultFillingValidator(load_schema()).iter_errors(filled))
     if errors:
         raise ConfigError(_one_line(_deepest(errors), source))
+    for run in filled["pretrain"].values():
+        run.setdefault("export_targets", default_export_targets(run_encoders(run)))
     _check_references(filled, source)
     return filled
 
 
 def _check_references(config: dict[str, Any], source: str) -> None:
-    """Cross-key checks the schema cannot express: runs and evaluation tasks name configured datasets, and a
-    run's time-limit signal comes before its time limit."""
+    """Cross-key checks the schema cannot express: runs and evaluation tasks name configured datasets, a run's
+    export targets fit its encoders, and its time-limit signal comes before its time limit."""
     for task, settings in config["evaluate"]["tasks"].items():
         if settings["dataset"] not in config["datasets"]:
             known = ", ".join(sorted(config["datasets"]))
@@ -101,11 +110,25 @@ def _check_references(config: dict[str, Any], source: str) -> None:
             if name not in config["datasets"]:
                 known = ", ".join(sorted(config["datasets"]))
                 raise ConfigError(f"{source}: pretrain.{run}.datasets: {name!r} is not a configured dataset ({known})")
+        _check_encoders(run, settings, source)
         resources = settings["resources"]
         if resources["signal_before_limit_s"] >= 60 * resources["runtime"]:
             raise ConfigError(
                 f"{source}: pretrain.{run}.resources: signal_before_limit_s ({resources['signal_before_limit_s']}) "
                 f"must be shorter than runtime ({resources['runtime']} min), or every attempt stops at once"
+            )
+
+
+def _check_encoders(run: str, settings: dict[str, Any], source: str) -> None:
+    """A voxel format has a voxel encoder, and every export target can be made from the run's encoders."""
+    if "voxel" in (settings.get("formats") or []) and not settings.get("voxel_backbone"):
+        raise ConfigError(f"{source}: pretrain.{run}: formats lists voxel, but the run has no voxel_backbone block")
+    encoders = run_encoders(settings)
+    for target in settings["export_targets"]:
+        if source_format(target, encoders) is None:
+            raise ConfigError(
+                f"{source}: pretrain.{run}.export_targets: {target!r} needs {what_target_needs(target)}, but the run "
+                f"trains {describe_encoders(encoders)}; drop the target or change the backbone"
             )
 
 

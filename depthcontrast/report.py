@@ -10,7 +10,7 @@ import csv
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,15 +149,19 @@ def write_summary(
     return {"training": training, "downstream": rows}
 
 
-def summarize_results(results: Path, runs: Sequence[str], tasks: Sequence[str]) -> list[RunStatus]:
+def _metrics_json(results: Path, run: str, task: str) -> Path:
+    return results / "finetune" / run / task / "metrics.json"
+
+
+def summarize_results(results: Path, runs: Sequence[str], tasks: Mapping[str, Sequence[str]]) -> list[RunStatus]:
     """Write <results>/summary.md and <results>/report/ for the finished runs, listing the others; every run's status.
 
     An incomplete summary is dated 1970, so Snakemake's `summary` rule still rebuilds it once all runs finished.
     """
-    statuses = [run_status(results, run, tasks) for run in runs]
+    statuses = [run_status(results, run, tasks.get(run, ())) for run in runs]
     finished = {s.run: results / "pretrain" / s.run for s in statuses if s.state == FINISHED}
     downstream = {
-        run: [path for task in tasks if (path := results / "finetune" / run / task / "metrics.json").exists()]
+        run: [path for task in tasks.get(run, ()) if (path := _metrics_json(results, run, task)).exists()]
         for run in finished
     }
     unfinished = [status for status in statuses if not status.complete]
@@ -168,7 +172,7 @@ def summarize_results(results: Path, runs: Sequence[str], tasks: Sequence[str]) 
     return statuses
 
 
-def summarize_after_failure(results: Path, runs: Sequence[str], tasks: Sequence[str]) -> None:
+def summarize_after_failure(results: Path, runs: Sequence[str], tasks: Mapping[str, Sequence[str]]) -> None:
     """The workflow's `onerror` hook: the summary of what finished, unless no run got as far as pretraining."""
     if all(run_status(results, run).state == NOT_RUN for run in runs):
         return

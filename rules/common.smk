@@ -4,6 +4,7 @@ import os
 import re
 import shlex
 
+from depthcontrast.architectures import evaluated_tasks
 from depthcontrast.slurm import JOB_RESOURCES, job_resources
 
 
@@ -75,9 +76,12 @@ def names_pattern(names):
 
 
 def finetune_outputs():
-    return expand(
-        "results/finetune/{run}/{task}/metrics.json", run=enabled_runs(), task=sorted(config["evaluate"]["tasks"])
-    )
+    """The built-in evaluation of every enabled run that trains a point encoder (voxel-only runs get none)."""
+    return [
+        f"results/finetune/{run}/{task}/metrics.json"
+        for run, tasks in evaluated_tasks(config).items()
+        for task in tasks
+    ]
 
 
 def external_weights(name):

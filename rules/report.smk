@@ -21,7 +21,7 @@ rule summary:
         ),
     params:
         runs=enabled_runs(),
-        tasks=sorted(config["evaluate"]["tasks"]),
+        tasks=evaluated_tasks(config),
     log:
         "results/logs/summary.log",
     benchmark:

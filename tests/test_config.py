@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
+from depthcontrast.architectures import evaluated_tasks
 from depthcontrast.config import load_config, validate_config
 from depthcontrast.errors import ConfigError
 from tests.conftest import REPO, run_cli, run_snakemake
@@ -107,3 +109,50 @@ def test_snakemake_stops_at_once_on_a_config_mistake(repo_copy: Path):
     assert result.returncode != 0
     assert "datasets.demo_lidar.preprocess.samples_per_shard: -3 is less than the minimum of 1" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def builtin_run(**run) -> dict:
+    """One builtin LiDAR dataset and a pretraining run `r` on it with the given settings."""
+    dataset = one_dataset(source={"kind": "builtin", "subset": "lidar"})
+    return {**dataset, "pretrain": {"r": {"datasets": ["scans"], **run}}}
+
+
+@pytest.mark.parametrize(
+    ("run", "targets"),
+    [
+        ({}, ["votenet", "plain"]),
+        ({"backbone": {"name": "pointnet2_msg"}}, ["openpcdet", "plain"]),
+        ({"formats": ["voxel"], "voxel_backbone": {}}, ["openpcdet"]),
+        ({"formats": ["point", "voxel"], "voxel_backbone": {}}, ["votenet", "plain", "openpcdet"]),
+    ],
+)
+def test_a_run_without_export_targets_exports_what_its_encoders_make(run, targets):
+    assert validate_config(builtin_run(**run))["pretrain"]["r"]["export_targets"] == targets
+
+
+@pytest.mark.parametrize(
+    ("run", "expected"),
+    [
+        (
+            {"backbone": {"name": "pointnet2_msg"}, "export_targets": ["votenet"]},
+            "pretrain.r.export_targets: 'votenet' needs a PointNet++ point encoder (backbone.name: pointnet2_ssg), "
+            "but the run trains a PointNet-MSG point encoder",
+        ),
+        ({"export_targets": ["minkunet_seg"]}, "needs the MinkowskiEngine voxel stack, not in this package yet"),
+        ({"formats": ["voxel"]}, "pretrain.r: formats lists voxel, but the run has no voxel_backbone block"),
+    ],
+)
+def test_export_targets_the_run_cannot_make_are_a_config_error(run, expected):
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        validate_config(builtin_run(**run), source="cfg.yaml")
+
+
+def test_voxel_only_runs_get_no_builtin_evaluation():
+    config = validate_config(
+        {
+            **builtin_run(formats=["voxel"], voxel_backbone={}),
+            "evaluate": {"tasks": {"seg": {"dataset": "scans", "kind": "lidar_segmentation", "test_groups": ["t"]}}},
+        }
+    )
+    config["pretrain"]["p"] = {**config["pretrain"]["r"], "formats": ["point", "voxel"]}
+    assert evaluated_tasks(config) == {"p": ["seg"], "r": []}

@@ -20,6 +20,14 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from depthcontrast import __version__
+from depthcontrast.architectures import (
+    ARCHITECTURES,
+    KNOWN_TARGETS,
+    TARGET_NEEDS,
+    describe_encoders,
+    source_format,
+    what_target_needs,
+)
 from depthcontrast.checkpoint import load_checkpoint
 from depthcontrast.data.point_features import InputFeatures
 from depthcontrast.errors import ConfigError, DataError
@@ -51,23 +59,6 @@ log = logging.getLogger(__name__)
 QUERY_PREFIX = "query_encoders."
 TOOL_VERSION = f"depthcontrast-pipeline {__version__}"
 MAX_KEYS_IN_MESSAGE = 3
-ARCHITECTURES = {
-    "pointnet2_ssg": "PointNet++",
-    "pointnet2_msg": "PointNet-MSG",
-    "minkunet": "MinkUNet",
-    "spconv_unet": "sparse UNet (spconv)",
-}
-# target → the (format, architecture) encoders it can be made from, any one of them
-TARGET_NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
-    "votenet": (("point", "pointnet2_ssg"),),
-    "h3dnet": (("point", "pointnet2_ssg"),),  # H3DNet's backbones are VoteNet's Pointnet2Backbone
-    "plain": (("point", "pointnet2_ssg"), ("point", "pointnet2_msg")),
-    "minkunet_seg": (("voxel", "minkunet"),),
-    "openpcdet": (("point", "pointnet2_msg"), ("voxel", "spconv_unet")),  # PointRCNN's or Part-A2's backbone_3d
-}
-KNOWN_TARGETS = tuple(TARGET_NEEDS)
-# voxel encoders need a stack this package does not have yet: say so instead of "train another run"
-VOXEL_STACKS = {"minkunet": "MinkowskiEngine"}
 
 
 class ExportError(DataError):
@@ -102,28 +93,15 @@ def query_encoder_state(state: Mapping[str, Any], name: str) -> dict[str, torch.
     return {key[len(prefix) :]: tensor for key, tensor in state["model"].items() if key.startswith(prefix)}
 
 
-def _describe(encoders: Mapping[str, str]) -> str:
-    found = [f"a {ARCHITECTURES.get(arch, arch)} {name} encoder" for name, arch in encoders.items()]
-    return " and ".join(found) or "no encoder"
-
-
-def _need(name: str, arch: str) -> str:
-    if arch in VOXEL_STACKS:
-        stack = VOXEL_STACKS[arch]
-        return f"a {ARCHITECTURES[arch]} {name} encoder (needs the {stack} voxel stack, not in this package yet)"
-    block = "voxel_backbone" if name == "voxel" else "backbone"
-    return f"a {ARCHITECTURES[arch]} {name} encoder ({block}.name: {arch})"
-
-
 def _encoder_for(checkpoint: Path, target: str, encoders: Mapping[str, str]) -> str:
     """The format of the checkpoint's encoder that `target` is made from, else ExportError."""
-    for name, arch in TARGET_NEEDS[target]:
-        if encoders.get(name) == arch:
-            return name
-    needs = " or ".join(_need(name, arch) for name, arch in TARGET_NEEDS[target])
-    raise ExportError(
-        f"{checkpoint}: checkpoint has only {_describe(encoders)}; target {target!r} needs a run with {needs}"
-    )
+    name = source_format(target, encoders)
+    if name is None:
+        raise ExportError(
+            f"{checkpoint}: checkpoint has only {describe_encoders(encoders)}; target {target!r} needs a run with "
+            f"{what_target_needs(target)}"
+        )
+    return name
 
 
 def _summary(keys: list[str]) -> str:
