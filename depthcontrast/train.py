@@ -194,10 +194,12 @@ class Trainer:
         if run["deterministic"]:
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
-            if "voxel" in run_formats(run) and self.device.type == "cpu" and torch.get_num_threads() > 1:
-                # spconv's CPU kernels sum in thread order: one thread makes voxel runs bit-reproducible
-                log.info("deterministic voxel run on CPU: using 1 thread (was %d)", torch.get_num_threads())
-                torch.set_num_threads(1)
+        if "voxel" in run_formats(run) and self.device.type == "cpu" and torch.get_num_threads() > 1:
+            # spconv 2.3.8's CPU kernels with several threads lose some sums (a few output rows wrong, run to
+            # run) and spin-wait on busy machines; on one thread they are exact, reproducible and often faster
+            log.info("voxel run on CPU: using 1 thread (was %d): spconv's CPU kernels are exact only on one",
+                     torch.get_num_threads())  # fmt: skip
+            torch.set_num_threads(1)
         torch.manual_seed(run["seed"])  # identical initial weights and queues on every rank
 
         self.dataset = build_view_dataset(shard_dirs, run)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -43,12 +44,19 @@ def run_snakemake(cwd: Path, *args: str, check: bool = True, timeout: float = 90
     return result
 
 
+# The CLI's environment in tests: one CPU thread. The tests' tiny models gain nothing from more; on a busy
+# machine OpenMP threads spin-waiting for a core made a 6 s voxel run take 140 s; and a CPU run is bit-exact
+# against another only at the same thread count.
+CLI_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run `python -m depthcontrast ...` as a user would."""
+    """Run `python -m depthcontrast ...` as a user would (with CLI_ENV)."""
     return subprocess.run(
         [sys.executable, "-m", "depthcontrast", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=CLI_ENV,
     )

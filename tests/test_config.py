@@ -124,6 +124,7 @@ def builtin_run(**run) -> dict:
         ({"backbone": {"name": "pointnet2_msg"}}, ["openpcdet", "plain"]),
         ({"formats": ["voxel"], "voxel_backbone": {}}, ["openpcdet"]),
         ({"formats": ["point", "voxel"], "voxel_backbone": {}}, ["votenet", "plain", "openpcdet"]),
+        ({"formats": ["voxel"], "voxel_backbone": {"name": "minkunet"}}, ["minkunet_seg"]),
     ],
 )
 def test_a_run_without_export_targets_exports_what_its_encoders_make(run, targets):
@@ -138,7 +139,11 @@ def test_a_run_without_export_targets_exports_what_its_encoders_make(run, target
             "pretrain.r.export_targets: 'votenet' needs a PointNet++ point encoder (backbone.name: pointnet2_ssg), "
             "but the run trains a PointNet-MSG point encoder",
         ),
-        ({"export_targets": ["minkunet_seg"]}, "needs the MinkowskiEngine voxel stack, not in this package yet"),
+        (
+            {"export_targets": ["minkunet_seg"]},
+            "'minkunet_seg' needs a MinkUNet voxel encoder (voxel_backbone.name: minkunet), but the run trains a "
+            "PointNet++ point encoder",
+        ),
         ({"formats": ["voxel"]}, "pretrain.r: formats lists voxel, but the run has no voxel_backbone block"),
     ],
 )

@@ -443,7 +443,7 @@ def test_an_msg_run_asked_for_another_stacks_target_is_a_one_line_error(msg_chec
     assert "\n" not in message and f"'{target}'" in message
     assert "has only a PointNet-MSG point encoder" in message
     if target == "minkunet_seg":
-        assert "MinkowskiEngine voxel stack, not in this package yet" in message
+        assert "MinkUNet voxel encoder (voxel_backbone.name: minkunet)" in message
     else:
         assert "PointNet++ point encoder (backbone.name: pointnet2_ssg)" in message
     assert not list(tmp_path.iterdir())
@@ -586,10 +586,218 @@ def test_unet_weights_that_openpcdets_loader_would_skip_are_refused_before_writi
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize(("target", "needs"), [("minkunet_seg", "MinkowskiEngine"), ("votenet", "PointNet++")])
+@pytest.mark.parametrize(("target", "needs"), [("minkunet_seg", "MinkUNet voxel encoder"), ("votenet", "PointNet++")])
 def test_a_unet_run_asked_for_another_stacks_target_is_a_one_line_error(unet_checkpoint, tmp_path, target, needs):
     with pytest.raises(ExportError) as caught:
         export_checkpoint(unet_checkpoint, target, tmp_path)
     message = str(caught.value)
     assert "\n" not in message and "has only a sparse UNet (spconv) voxel encoder" in message and needs in message
     assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------- MinkUNet34 → SpatioTemporalSegmentation (real)
+def res16unet34_shapes(in_channels: int = 3) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes of STS's Res16UNet34 (D=3, conv1_kernel_size 3, no `final`) from its construction rules:
+    convs `kernel` [k³, in, out] ([in, out] for the 1³ downsample convs), norms `bn.*` (MinkowskiBatchNorm)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def conv(name: str, cin: int, cout: int, k: int) -> None:
+        shapes[f"{name}.kernel"] = (cin, cout) if k == 1 else (k**3, cin, cout)
+
+    def norm(name: str, c: int) -> None:
+        shapes.update({f"{name}.bn.{p}": (c,) for p in ("weight", "bias", "running_mean", "running_var")})
+        shapes[f"{name}.bn.num_batches_tracked"] = ()
+
+    def stage(name: str, inplanes: int, planes: int, blocks: int) -> None:
+        for i in range(blocks):
+            cin = inplanes if i == 0 else planes
+            conv(f"{name}.{i}.conv1", cin, planes, 3)
+            norm(f"{name}.{i}.norm1", planes)
+            conv(f"{name}.{i}.conv2", planes, planes, 3)
+            norm(f"{name}.{i}.norm2", planes)
+            if cin != planes:
+                conv(f"{name}.{i}.downsample.0", cin, planes, 1)
+                norm(f"{name}.{i}.downsample.1", planes)
+
+    conv("conv0p1s1", in_channels, 32, 3)
+    norm("bn0", 32)
+    for n, (down, cin, planes, blocks) in enumerate(
+        [("conv1p1s2", 32, 32, 2), ("conv2p2s2", 32, 64, 3), ("conv3p4s2", 64, 128, 4), ("conv4p8s2", 128, 256, 6)],
+        start=1,
+    ):
+        conv(down, cin, cin, 2)
+        norm(f"bn{n}", cin)
+        stage(f"block{n}", cin, planes, blocks)
+    for n, (up, cin, skip) in enumerate(
+        [("convtr4p16s2", 256, 128), ("convtr5p8s2", 256, 64), ("convtr6p4s2", 256, 32), ("convtr7p2s2", 256, 32)],
+        start=4,
+    ):
+        conv(up, cin, 256, 2)
+        norm(f"bntr{n}", 256)
+        stage(f"block{n + 1}", 256 + skip, 256, 2)
+    return shapes
+
+
+def minkunet_run_config(**voxel) -> dict:
+    block = {"name": "minkunet", "voxel_size": [0.4, 0.4, 0.4], "point_range": [-3.2, -3.2, -3.2, 3.2, 3.2, 3.2]}
+    run = {"datasets": ["d"], "formats": ["voxel"], "voxel_backbone": {**block, **voxel}}
+    run["loss"] = {"num_negatives": QUEUE}
+    config = {"datasets": {"d": {"source": {"kind": "builtin", "subset": "indoor"}}}, "pretrain": {"r": run}}
+    return validate_config(config)["pretrain"]["r"]
+
+
+@pytest.fixture(scope="module")
+def minkunet_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A voxel-only MinkUNet34 run's checkpoint as train.py writes it (RGB voxel features)."""
+    pytest.importorskip("spconv.pytorch", reason="the voxel extra (spconv) is not installed")
+    torch.manual_seed(3)
+    run = minkunet_run_config()
+    model = build_model(run)
+    with torch.no_grad():
+        randomise_buffers(model)
+    path = tmp_path_factory.mktemp("minkunet_ckpt") / "last.pth"
+    save_checkpoint(path, {"model": model.state_dict(), "optimizer": {}, "epoch": EPOCH, "step": 5, "config": run})
+    return path
+
+
+def test_minkunet_seg_export_has_res16unet34s_bare_names_and_shapes(minkunet_checkpoint, tmp_path):
+    weights, _ = export_checkpoint(minkunet_checkpoint, "minkunet_seg", tmp_path)
+    file = torch.load(weights, weights_only=True)
+    bare = file["state_dict"]
+    assert {k: tuple(v.shape) for k, v in bare.items()} == res16unet34_shapes(3)  # no head, no trunk prefix
+    assert set(file["model"]) == {f"module.trunk.2.{k}" for k in bare}  # the DepthContrast STS fork's layout
+    assert minkunet_seg_loader_view(file["model"]).keys() == bare.keys()
+    assert file["epoch"] == EPOCH and file["version"].startswith("depthcontrast-pipeline")
+
+
+def test_minkunet_seg_export_round_trips_every_value_exactly(minkunet_checkpoint, tmp_path):
+    from depthcontrast.export.minkowski import from_minkowski, region_of
+
+    weights, _ = export_checkpoint(minkunet_checkpoint, "minkunet_seg", tmp_path)
+    bare = torch.load(weights, weights_only=True)["state_dict"]
+    source = voxel_query_encoder(minkunet_checkpoint)
+    assert sum(1 for k in source if not k.startswith("head.")) == len(bare)
+    for key, tensor in source.items():
+        if key.startswith("head."):
+            continue
+        if tensor.ndim == 5:  # a conv: back through the inverse permutation
+            kernel = bare[key[: -len("weight")] + "kernel"]
+            assert torch.equal(from_minkowski(kernel, region_of(key), tensor.shape[1]), tensor), key
+        else:
+            assert torch.equal(bare[key], tensor), key  # BN weights and statistics as they are
+
+
+def test_minkunet_seg_sidecar_hashes_the_file_and_records_the_sts_settings(minkunet_checkpoint, tmp_path):
+    weights, sidecar = export_checkpoint(minkunet_checkpoint, "minkunet_seg", tmp_path)
+    meta = json.loads(sidecar.read_text())
+    assert meta["output_sha256"] == sha256_file(weights) and meta["source_sha256"] == sha256_file(minkunet_checkpoint)
+    assert meta["missing_keys"] == [] == meta["unexpected_keys"]
+    assert meta["key_map"]["query_encoders.voxel.block1.0.conv1.weight"] == "block1.0.conv1.kernel"
+    assert meta["key_map"]["query_encoders.voxel.bntr7.bn.running_var"] == "bntr7.bn.running_var"
+    assert meta["shapes"]["conv0p1s1.kernel"] == [27, 3, 32] and meta["shapes"]["convtr4p16s2.kernel"] == [8, 256, 256]
+    assert meta["shapes"]["block2.0.downsample.0.kernel"] == [32, 64]
+    downstream = meta["downstream_config"]
+    assert downstream["model"] == "Res16UNet34" and downstream["in_channels"] == 3
+    assert downstream["voxel_size"] == [0.4, 0.4, 0.4] and downstream["input_features"] == ["rgb"]
+
+
+def test_a_minkunet_run_without_features_exports_a_one_channel_input(tmp_path):
+    pytest.importorskip("spconv.pytorch", reason="the voxel extra (spconv) is not installed")
+    run = minkunet_run_config(features=[])
+    path = tmp_path / "ckpt.pth"
+    save_checkpoint(
+        path, {"model": build_model(run).state_dict(), "optimizer": {}, "epoch": 1, "step": 1, "config": run}
+    )
+    weights, sidecar = export_checkpoint(path, "minkunet_seg", tmp_path / "out")
+    assert torch.load(weights, weights_only=True)["state_dict"]["conv0p1s1.kernel"].shape == (27, 1, 32)
+    assert json.loads(sidecar.read_text())["downstream_config"]["input_features"] == ["constant 1"]
+
+
+# MinkowskiEngine's kernel-offset orders, written out from its sources (see depthcontrast/export/minkowski.py):
+# HYPERCUBE, src/kernel_region.hpp: from the lower bound, x fastest; even kernels start at 0.
+ME_HYPERCUBE_2 = [(0, 0, 0), (1, 0, 0), (0, 1, 0), (1, 1, 0), (0, 0, 1), (1, 0, 1), (0, 1, 1), (1, 1, 1)]
+ME_HYPERCUBE_3 = [(x, y, z) for z in (-1, 0, 1) for y in (-1, 0, 1) for x in (-1, 0, 1)]
+# HYBRID (all axes HYPERCUBE), MinkowskiKernelGenerator.py convert_region_type: the centre, then x moved, then
+# y moved on each of those 3, then z moved on each of those 9
+ME_HYBRID_XY = [(0, 0, 0), (-1, 0, 0), (1, 0, 0), (0, -1, 0), (0, 1, 0), (-1, -1, 0), (-1, 1, 0), (1, -1, 0), (1, 1, 0)]
+ME_HYBRID_3 = ME_HYBRID_XY + [(x, y, z) for x, y, _ in ME_HYBRID_XY for z in (-1, 1)]
+
+
+@pytest.mark.parametrize(
+    ("region", "k", "expected"),
+    [("hypercube", 2, ME_HYPERCUBE_2), ("hypercube", 3, ME_HYPERCUBE_3), ("hybrid", 3, ME_HYBRID_3)],
+)
+def test_the_kernel_conversion_puts_each_offset_where_minkowskiengine_expects_it(region, k, expected):
+    """A spconv kernel whose weight at each position is that position's (dx, dy, dz) — spconv's index (a, b, c)
+    runs over (z, y, x), offset = index − k//2 for odd k, = index for even k — comes out of the conversion as
+    MinkowskiEngine's offset list, in MinkowskiEngine's order."""
+    from depthcontrast.export.minkowski import from_minkowski, to_minkowski
+
+    shift = k // 2 if k % 2 else 0
+    weight = torch.zeros(3, k, k, k, 1)  # [out = (dx, dy, dz), kz, ky, kx, in = 1]
+    for a in range(k):
+        for b in range(k):
+            for c in range(k):
+                weight[:, a, b, c, 0] = torch.tensor([c - shift, b - shift, a - shift], dtype=torch.float32)
+    kernel = to_minkowski(weight, region)
+    assert kernel.shape == (k**3, 1, 3)
+    assert [tuple(int(v) for v in row) for row in kernel[:, 0, :]] == expected
+    assert len(set(expected)) == k**3
+    assert torch.equal(from_minkowski(kernel, region, k), weight)
+
+
+def _minkowski_conv(coords_in, features, kernel, offsets, coords_out, transposed=False):
+    """MinkowskiEngine's rule evaluated directly on (batch, x, y, z) coordinates: out[u] = Σ_i kernel[i]ᵀ in[u + o_i]
+    (a transposed conv scatters the other way: out[u] = Σ_i kernel[i]ᵀ in[u − o_i], the strided conv's pairs)."""
+    where = {tuple(c): i for i, c in enumerate(coords_in.tolist())}
+    out = torch.zeros(len(coords_out), kernel.shape[2], dtype=torch.float64)
+    sign = -1 if transposed else 1
+    for row, (b, x, y, z) in enumerate(coords_out.tolist()):
+        for plane, (dx, dy, dz) in zip(kernel, offsets, strict=True):
+            j = where.get((b, x + sign * dx, y + sign * dy, z + sign * dz))
+            if j is not None:
+                out[row] += features[j] @ plane
+    return out
+
+
+def test_converted_kernels_compute_in_minkowskiengines_rule_what_spconv_computes():
+    """The conversion, spconv's conventions and the offset orders together: each of MinkUNet's conv kinds (3³
+    SubM in both orders, 2³ stride 2, its inverse) gives spconv's output when MinkowskiEngine's rule is evaluated
+    with the converted kernel."""
+    spconv = pytest.importorskip("spconv.pytorch", reason="the voxel extra (spconv) is not installed")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # spconv 2.3.8's CPU scatter loses a few sums now and then with several threads
+    try:
+        _check_converted_kernels_against_spconv(spconv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_converted_kernels_against_spconv(spconv) -> None:
+    from depthcontrast.export.minkowski import offsets_for, to_minkowski
+
+    torch.manual_seed(0)
+    xyz = torch.unique(torch.randint(0, 8, (80, 3)), dim=0)
+    me = torch.cat([torch.zeros(len(xyz), 1, dtype=torch.long), xyz], dim=1)  # (batch, x, y, z)
+    indices = me[:, [0, 3, 2, 1]].int()  # spconv: (batch, z, y, x)
+    features = torch.randn(len(me), 2, dtype=torch.float64)
+    x = spconv.SparseConvTensor(features, indices, [8, 8, 8], 1)
+    for region in ("hypercube", "hybrid"):
+        subm = spconv.SubMConv3d(2, 3, 3, bias=False, indice_key="subm").double()
+        out = subm(x)
+        kernel = to_minkowski(subm.weight.data, region)
+        assert torch.equal(out.indices, indices)
+        assert torch.allclose(out.features, _minkowski_conv(me, features, kernel, offsets_for(region, 3), me))
+    down = spconv.SparseConv3d(2, 3, 2, stride=2, bias=False, indice_key="down").double()
+    coarse = down(x)
+    coarse_me = torch.cat([coarse.indices[:, :1], 2 * coarse.indices[:, [3, 2, 1]]], dim=1).long()  # tensor stride 2
+    kernel = to_minkowski(down.weight.data, "hypercube")
+    expected = _minkowski_conv(me, features, kernel, offsets_for("hypercube", 2), coarse_me)
+    assert torch.allclose(coarse.features, expected)
+    up = spconv.SparseInverseConv3d(3, 2, 2, bias=False, indice_key="down").double()
+    coarse_features = torch.randn(len(coarse_me), 3, dtype=torch.float64)
+    fine = up(coarse.replace_feature(coarse_features))
+    assert torch.equal(fine.indices, indices)
+    kernel = to_minkowski(up.weight.data, "hypercube")
+    expected = _minkowski_conv(coarse_me, coarse_features, kernel, offsets_for("hypercube", 2), me, transposed=True)
+    assert torch.allclose(fine.features, expected)

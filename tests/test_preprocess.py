@@ -20,7 +20,7 @@ from depthcontrast.data.shard_dataset import ShardDataset
 from depthcontrast.io_utils import TEMP_MARKER, sha256_file
 from depthcontrast.stages.download import run_download
 from depthcontrast.stages.preprocess import run_preprocess
-from tests.conftest import run_cli
+from tests.conftest import CLI_ENV, run_cli
 
 MIN_POINTS = 50
 
@@ -159,7 +159,8 @@ def test_sigkill_mid_run_leaves_no_partial_output_and_rerun_gives_the_same_shard
     assert run_cli("download", *common).returncode == 0
 
     out = tmp_path / "results" / "shards" / "scans"
-    victim = subprocess.Popen([sys.executable, "-m", "depthcontrast", "preprocess", *common, "--workers", "1"])
+    command = [sys.executable, "-m", "depthcontrast", "preprocess", *common, "--workers", "1"]
+    victim = subprocess.Popen(command, env=CLI_ENV)
     deadline = time.monotonic() + 120
     while not (out / "shard-00002.h5").exists():
         assert victim.poll() is None, "preprocess finished before it could be killed: make the data larger"

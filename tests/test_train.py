@@ -20,7 +20,7 @@ from depthcontrast.checkpoint import load_checkpoint
 from depthcontrast.config import validate_config
 from depthcontrast.launch import world_from_environment, world_from_seed_flags
 from depthcontrast.train import EXIT_REQUEUE, learning_rate
-from tests.conftest import run_cli
+from tests.conftest import CLI_ENV, run_cli
 
 TINY_RUN = {
     "datasets": ["demo_indoor"],
@@ -103,7 +103,7 @@ def test_sigterm_checkpoints_and_exits_for_requeue_and_resume_is_bit_exact(shard
     assert sorted(p.name for p in straight.glob("checkpoint-ep*.pth")) == ["checkpoint-ep1.pth", "checkpoint-ep2.pth"]
 
     interrupted = tmp_path / "interrupted"
-    victim = subprocess.Popen([sys.executable, "-m", "depthcontrast", *pretrain_args(shards, interrupted)])
+    victim = subprocess.Popen([sys.executable, "-m", "depthcontrast", *pretrain_args(shards, interrupted)], env=CLI_ENV)
     metrics = interrupted / "resume" / "metrics.csv"
     deadline = time.monotonic() + 300
     while not (metrics.exists() and "\n1,2," in metrics.read_text()):  # epoch 1 under way
@@ -133,7 +133,7 @@ def loss_column(path: Path) -> list[tuple[str, str]]:
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_finishes_from_the_last_epoch_checkpoint(shards: Path, tmp_path: Path):
     out = tmp_path / "killed"
-    victim = subprocess.Popen([sys.executable, "-m", "depthcontrast", *pretrain_args(shards, out)])
+    victim = subprocess.Popen([sys.executable, "-m", "depthcontrast", *pretrain_args(shards, out)], env=CLI_ENV)
     deadline = time.monotonic() + 300
     while not (out / "checkpoint-ep1.pth").exists():
         assert victim.poll() is None

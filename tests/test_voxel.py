@@ -128,6 +128,17 @@ def test_unet_matches_openpcdets_unetv2_names_shapes_and_batchnorm_settings():
     assert norms and all(m.eps == 1e-3 and m.momentum == 0.01 for m in norms)
 
 
+@pytest.fixture
+def one_thread():
+    """spconv 2.3.8's CPU convolutions lose a sum now and then when torch runs several threads (rows off by
+    ~1e-3 run to run, seen on a 2-core machine); comparisons between two forward passes run on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_each_samples_embedding_depends_on_its_own_voxels_only():
     torch.manual_seed(0)
     model = UNetV2Encoder(4, SMALL_GRID.sparse_shape).eval()
@@ -345,3 +356,110 @@ def test_a_deterministic_voxel_run_is_bit_reproducible_on_cpu(lidar_results: Pat
         assert done.returncode == 0, done.stderr
         states.append(load_checkpoint(out / "last.pth")["model"])
     assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])
+
+
+# ----------------------------------------------------------------------------------- MinkUNet34 (indoor)
+def test_minkunet_has_res16unet34s_names_and_shapes_with_spconv_weights_and_the_seeds_batchnorm():
+    from depthcontrast.models.minkunet import MinkUNet34Encoder
+    from tests.test_export import res16unet34_shapes
+
+    encoder = MinkUNet34Encoder(3, [16, 16, 16])
+    ours = {k: tuple(v.shape) for k, v in encoder.state_dict().items() if not k.startswith("head.")}
+    expected = {}
+    for key, shape in res16unet34_shapes(3).items():
+        if key.endswith(".kernel"):  # MinkowskiEngine's `kernel` [k³, in, out] is spconv's `weight` [out, k, k, k, in]
+            k = round(shape[0] ** (1 / 3)) if len(shape) == 3 else 1
+            expected[key[: -len("kernel")] + "weight"] = (shape[-1], k, k, k, shape[-2])
+        else:
+            expected[key] = shape
+    assert ours == expected
+    assert {k: tuple(v.shape) for k, v in encoder.state_dict().items() if k.startswith("head.")} == {
+        "head.clf.0.weight": (256, 256), "head.clf.0.bias": (256,), "head.clf.2.weight": (128, 256),
+        "head.clf.2.bias": (128,),
+    }  # fmt: skip
+    biases = [name for name, _ in encoder.named_parameters() if name.endswith("bias") and not name.startswith("head.")]
+    assert biases and all(name.endswith(".bn.bias") for name in biases)  # no conv has a bias
+    assert encoder.bn0.bn.momentum == 0.02 and encoder.block4[0].downsample[1].bn.momentum == 0.02
+    assert encoder.block1[0].norm1.bn.momentum == 0.1 and encoder.bntr7.bn.eps == 1e-5
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_minkunet_embeddings_depend_on_each_samples_own_voxels_and_its_grid_is_padded_to_16s():
+    from depthcontrast.models.minkunet import MinkUNet34, MinkUNet34Encoder
+
+    torch.manual_seed(0)
+    encoder = MinkUNet34Encoder(3, [16, 16, 16]).eval()
+    rng = np.random.default_rng(0)
+    clouds = [np.unique(rng.integers(0, 16, (60, 3)), axis=0) for _ in range(2)]
+    coords = torch.from_numpy(np.concatenate([np.c_[np.full(len(c), b), c] for b, c in enumerate(clouds)])).int()
+    features = torch.rand(len(coords), 6)  # mean x, y, z, then r, g, b
+    with torch.no_grad():
+        both = encoder({"features": features, "coords": coords, "batch_size": 2})
+        first = coords[:, 0] == 0
+        alone = encoder({"features": features[first], "coords": coords[first], "batch_size": 1})
+        moved = features + torch.tensor([5.0, 5, 5, 0, 0, 0])
+        moved_xyz = encoder({"features": moved, "coords": coords, "batch_size": 2})
+    assert both.shape == (2, 128)
+    torch.testing.assert_close(both[:1], alone, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(both, moved_xyz)  # the mean x, y, z columns are not read: RGB only
+    assert MinkUNet34(3, [17, 8, 40]).sparse_shape == [32, 16, 48]  # padded: every voxel keeps a parent
+
+
+MINKUNET_RUN = {
+    "datasets": ["demo_indoor"],
+    "formats": ["voxel"],
+    "voxel_backbone": {"name": "minkunet", "voxel_size": [0.8, 0.8, 0.8], "point_range": [-12.8] * 3 + [12.8] * 3},
+    "augmentation_overrides": {"random_cuboid": {"npoints": 200}},
+    "points_per_view": 256,
+    "batch_size": 24,
+    "epochs": 1,
+    "optimizer": {"lr": 0.03},
+    "loss": {"num_negatives": 48},
+    "num_workers": 0,
+    "checkpoint_every_epochs": 1,
+    "log_every_steps": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def minkunet_trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    results = tmp_path_factory.mktemp("minkunet") / "results"
+    config = results.parent / "config.yaml"
+    datasets = {"demo_indoor": {"source": {"kind": "builtin", "subset": "indoor"}, "preprocess": {"max_points": 1500}}}
+    config.write_text(yaml.safe_dump({"datasets": datasets, "pretrain": {"mink": MINKUNET_RUN}}))
+    for stage in ("download", "preprocess"):
+        done = run_cli(stage, "--config", str(config), "--dataset", "demo_indoor", "--results", str(results))
+        assert done.returncode == 0, done.stderr
+    out = results.parent / "pretrain_mink"
+    done = run_cli("pretrain", "mink", "--config", str(config), "--results", str(results), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def test_a_minkunet_run_trains_two_cpu_steps_on_the_indoor_rgb_voxels(minkunet_trained: Path):
+    state = load_checkpoint(minkunet_trained / "last.pth")
+    rows = metric_rows(minkunet_trained / "metrics.csv")
+    assert len(rows) == 2 and all(math.isfinite(float(row["loss"])) for row in rows)  # 48 frames, batch 24
+    weight = state["model"]["query_encoders.voxel.conv0p1s1.weight"]
+    assert weight.shape == (32, 3, 3, 3, 3)  # RGB in
+    assert int(state["model"]["query_encoders.voxel.bntr7.bn.num_batches_tracked"]) == 2
+    assert state["config"]["voxel_backbone"]["features"] == ["rgb"]
+
+
+def test_the_trained_minkunet_exports_to_spatiotemporalsegmentation(minkunet_trained: Path, tmp_path: Path):
+    weights, sidecar = export_checkpoint(minkunet_trained / "last.pth", "minkunet_seg", tmp_path)
+    file = torch.load(weights, weights_only=True)
+    assert file["state_dict"]["conv0p1s1.kernel"].shape == (27, 3, 32)
+    assert file["state_dict"]["block8.1.norm2.bn.num_batches_tracked"] == 2
+    meta = json.loads(sidecar.read_text())
+    assert meta["missing_keys"] == [] == meta["unexpected_keys"]
+    assert meta["downstream_config"]["voxel_size"] == [0.8] * 3
+
+
+def test_rgb_voxel_features_are_read_as_the_seeds_rgb_over_255_minus_half():
+    from depthcontrast.data.point_features import InputFeatures
+
+    stored = np.array([[7, 0, 128, 255], [9, 255, 255, 0]], dtype=np.uint8)  # columns: intensity, r, g, b
+    rgb = InputFeatures(("rgb",)).columns(2, stored, ["intensity", "rgb"], [1, 3], "x")
+    np.testing.assert_allclose(rgb, [[-0.5, 128 / 255 - 0.5, 0.5], [0.5, 0.5, -0.5]], atol=1e-6)
+    assert InputFeatures(("rgb",)).channels == 3

@@ -5,7 +5,8 @@ PointRCNN, whose `input_channels` 4 = x, y, z, intensity) gets them as extra col
 Intensity comes in sensor-specific units (KITTI reflectance in [0, 1], 8-bit, 16-bit LAS up to
 65535), so it is divided by `intensity_max` (a constant such as 1, 255 or 65535) or, when that is
 None, by each cloud's own largest intensity; either way it lands in [0, 1] like the KITTI
-reflectance OpenPCDet reads. A cloud whose intensities are all 0 keeps zeros.
+reflectance OpenPCDet reads. A cloud whose intensities are all 0 keeps zeros. Colour (`rgb`, read only
+by the MinkUNet voxel encoder) becomes rgb / 255 − 0.5, the seed's MinkUNet input.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import numpy as np
 
 from depthcontrast.errors import DataError
 
-FEATURE_CHANNELS = {"intensity": 1}  # the features a backbone can read, and their widths
+FEATURE_CHANNELS = {"intensity": 1, "rgb": 3}  # the features a backbone can read, and their widths
+RGB_SCALE, RGB_SHIFT = 255.0, 0.5  # rgb (uint8 in the shards) is read as rgb / 255 − 0.5, as the seed's MinkUNet
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class InputFeatures:
             column = np.asarray(features[:, offsets[name] : offsets[name] + width], dtype=np.float32)
             if name == "intensity":
                 column = self._scale_intensity(column)
+            elif name == "rgb":
+                column = column / np.float32(RGB_SCALE) - np.float32(RGB_SHIFT)
             out.append(column)
         return np.concatenate(out, axis=1) if out else np.zeros((count, 0), np.float32)
 

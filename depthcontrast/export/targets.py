@@ -37,6 +37,8 @@ from depthcontrast.export.layouts import (
     VOTENET_PREFIX,
     VOXEL_QUERY_TRUNK,
     is_head_key,
+    minkunet_seg_layout,
+    minkunet_seg_loader_view,
     openpcdet_fork_loader_view,
     openpcdet_layout,
     openpcdet_loader_view,
@@ -45,6 +47,7 @@ from depthcontrast.export.layouts import (
     votenet_layout,
     votenet_loader_view,
 )
+from depthcontrast.export.minkowski import CONV1_KERNEL_SIZE, Res16UNet34StandIn, minkowski_state
 from depthcontrast.export.openpcdet_reference import (
     OPENPCDET_XYZ_CHANNELS,
     SPCONV1_LAYOUT,
@@ -272,6 +275,46 @@ def _export_openpcdet_unet(checkpoint: Path, state: Mapping[str, Any], encoder: 
     )
 
 
+def minkunet_seg_config(block: Mapping[str, Any]) -> dict[str, Any]:
+    """The SpatioTemporalSegmentation settings a MinkUNet34 run's export fits."""
+    features = InputFeatures.of_backbone(block)
+    return {
+        "model": "Res16UNet34",
+        "conv1_kernel_size": CONV1_KERNEL_SIZE,
+        "in_channels": features.channels or 1,
+        "input_features": list(features.names) or ["constant 1"],
+        "feature_scaling": "rgb / 255 - 0.5" if "rgb" in features.names else None,
+        "voxel_size": list(block["voxel_size"]),
+        "coordinate_order": "x, y, z (MinkowskiEngine coordinates = floor(xyz / voxel_size))",
+        "weights": {
+            "state_dict": "bare Res16UNet34 names, upstream STS main.py --weights (lenient_weight_loading: no `final`)",
+            "model": "module.trunk.2.<name>, the DepthContrast STS fork's init_model_from_weights",
+        },
+        "kernel_layout": "MinkowskiEngine [kernel_volume, in, out]; 1x1x1 downsample convs [in, out]",
+    }
+
+
+def _export_minkunet_seg(checkpoint: Path, state: Mapping[str, Any], encoder: dict[str, torch.Tensor]) -> Export:
+    """MinkUNet34 for SpatioTemporalSegmentation: `state_dict` with bare MinkowskiEngine names (upstream) and
+    `model` keyed `module.trunk.2.` (the DepthContrast fork), kernels converted to MinkowskiEngine's layout and
+    offset order; both loaders' views loaded strictly into a stand-in built from STS's Res16UNet34 names."""
+    downstream = minkunet_seg_config(state["config"]["voxel_backbone"])
+    bare, key_map = minkowski_state(encoder)
+    fork_model, _ = minkunet_seg_layout(bare)
+    stand_in = Res16UNet34StandIn(downstream["in_channels"])
+    missing, unexpected = _strict_load(stand_in, bare, f"{checkpoint}: SpatioTemporalSegmentation Res16UNet34")
+    fork_view = minkunet_seg_loader_view(fork_model)
+    fork_missing, fork_unexpected = _strict_load(stand_in, fork_view, f"{checkpoint}: STS fork Res16UNet34")
+    return Export(
+        payload={"state_dict": bare, "model": fork_model, "epoch": state["epoch"], "version": TOOL_VERSION},
+        tensors=bare,
+        key_map={f"{QUERY_PREFIX}voxel.{key}": out for key, out in key_map.items()},
+        missing_keys=sorted(set(missing) | set(fork_missing)),
+        unexpected_keys=sorted(set(unexpected) | set(fork_unexpected)),
+        downstream_config=downstream,
+    )
+
+
 Exporter = Callable[[Path, Mapping[str, Any], dict[str, torch.Tensor]], Export]
 EXPORTERS: dict[str, Exporter] = {
     "votenet": _export_votenet,
@@ -279,7 +322,10 @@ EXPORTERS: dict[str, Exporter] = {
     "plain": _export_plain,
     "openpcdet": _export_openpcdet,
 }
-VOXEL_EXPORTERS: dict[str, Exporter] = {"openpcdet": _export_openpcdet_unet}  # from a run's voxel encoder
+VOXEL_EXPORTERS: dict[str, Exporter] = {  # from a run's voxel encoder
+    "openpcdet": _export_openpcdet_unet,
+    "minkunet_seg": _export_minkunet_seg,
+}
 
 
 def _torch_bytes(payload: Any) -> bytes:

@@ -6,8 +6,8 @@ Two plain tables, one constructor per architecture:
 The head defaults to [backbone width, hidden, embedding_dim]: hidden 512 for PointNet++ SSG (the seed's
 indoor head) and 128 for PointNet-MSG (the seed's LiDAR head).
 
-Voxel encoders come from a run's `voxel_backbone` block through VOXEL_ENCODERS; their modules import
-their sparse-conv stack (spconv) only when one is built.
+Voxel encoders come from a run's `voxel_backbone` block through VOXEL_ENCODERS (the sparse UNet, MinkUNet34);
+their modules import their sparse-conv stack (spconv) only when one is built.
 """
 
 from __future__ import annotations
@@ -98,14 +98,27 @@ def _spconv_unet_encoder(block: BackboneConfig, head: Sequence[int]) -> nn.Modul
     return UNetV2Encoder(channels, VoxelGrid.of_backbone(block).sparse_shape, head)
 
 
-SPCONV_UNET = "spconv_unet"
-VOXEL_HEAD_IN = {SPCONV_UNET: 128}  # UNetV2: pooled decoder outputs 64 + 32 + 16 + 16
-VOXEL_ENCODERS: dict[str, Callable[[BackboneConfig, Sequence[int]], nn.Module]] = {SPCONV_UNET: _spconv_unet_encoder}
+def _minkunet_encoder(block: BackboneConfig, head: Sequence[int]) -> nn.Module:
+    from depthcontrast.data.voxelize import VoxelGrid
+    from depthcontrast.models.minkunet import MinkUNet34Encoder  # imports spconv
+
+    channels = InputFeatures.of_backbone(block).channels or 1  # RGB, or a constant 1 without features
+    return MinkUNet34Encoder(channels, VoxelGrid.of_backbone(block).grid_size[::-1].tolist(), head)
+
+
+SPCONV_UNET, MINKUNET = "spconv_unet", "minkunet"
+VOXEL_HEAD_IN = {SPCONV_UNET: 128, MINKUNET: 256}  # UNetV2: pooled decoder outputs 64 + 32 + 16 + 16; block8
+VOXEL_HEAD_HIDDEN = {SPCONV_UNET: 128, MINKUNET: 256}  # the seeds' mlp_dim: [128, 128, 128], [256, 256, 128]
+VOXEL_ENCODERS: dict[str, Callable[[BackboneConfig, Sequence[int]], nn.Module]] = {
+    SPCONV_UNET: _spconv_unet_encoder,
+    MINKUNET: _minkunet_encoder,
+}
 
 
 def voxel_head_dims(block: BackboneConfig, embedding_dim: int) -> list[int]:
-    """The voxel encoder's projection head: configured, or [pooled width, 128, embedding_dim] (seed UNetV2)."""
-    head = block.get("head_dims") or [VOXEL_HEAD_IN[block["name"]], 128, embedding_dim]
+    """The voxel encoder's projection head: configured, or [pooled width, hidden, embedding_dim] (the seed's)."""
+    name = block["name"]
+    head = block.get("head_dims") or [VOXEL_HEAD_IN[name], VOXEL_HEAD_HIDDEN[name], embedding_dim]
     if head[-1] != embedding_dim:
         raise ConfigError(f"voxel_backbone.head_dims ends with {head[-1]}, but loss.embedding_dim is {embedding_dim}")
     return list(head)
