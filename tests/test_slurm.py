@@ -259,7 +259,9 @@ def test_a_two_task_run_through_the_profile_is_started_by_srun_as_one_gloo_group
 def test_sigterm_to_a_pretrain_job_under_snakemake_requeues_it_and_the_retry_resumes_to_the_same_weights(
     tiny_config: Path, tmp_path: Path
 ):
-    run = {**SRUN_RUN, "epochs": 2, "export_targets": []}  # 12 steps: long enough to be signalled mid-run
+    # 12 steps: long enough to be signalled mid-run; one CPU per task, so Snakemake's OMP_NUM_THREADS (the rule's
+    # threads) matches the reference run's CLI_ENV: CPU runs are bit-exact only at the same thread count
+    run = {**SRUN_RUN, "epochs": 2, "export_targets": [], "resources": {"cpus_per_task": 1}}
     config = {"datasets": INDOOR, "pretrain": {"tiny": run}, "evaluate": {"tasks": {}}}
     reference = tmp_path / "straight.yaml"
     reference.write_text(yaml.safe_dump(config))
