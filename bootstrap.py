@@ -88,7 +88,11 @@ def main(argv: list[str]) -> int:
     command, extra = argv[0], argv[1:]
     if command == "demo":
         cores = str(os.cpu_count() or 1)
-        return subprocess.run([str(VENV / "bin" / "snakemake"), "--cores", cores, *extra], cwd=ROOT, env=env).returncode
+        code = subprocess.run([str(VENV / "bin" / "snakemake"), "--cores", cores, *extra], cwd=ROOT, env=env).returncode
+        summary = ROOT / "results" / "summary.md"
+        if summary.exists():  # the pretraining and downstream tables (after a failure: what finished)
+            print(summary.read_text())
+        return code
     if command == "test":
         return subprocess.run([str(venv_python()), "-m", "pytest", *extra], cwd=ROOT, env=env).returncode
     return 0
