@@ -516,14 +516,20 @@ def unet_run_config(**voxel) -> dict:
 def unet_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A voxel-only sparse-UNet run's checkpoint as train.py writes it (x, y, z, intensity voxel features)."""
     pytest.importorskip("spconv.pytorch", reason="the voxel extra (spconv) is not installed")
-    torch.manual_seed(2)
-    run = unet_run_config()
+    return voxel_checkpoint(tmp_path_factory.mktemp("unet_ckpt"), unet_run_config(), seed=2, shift_key_encoders=True)
+
+
+def voxel_checkpoint(folder: Path, run: dict, seed: int, shift_key_encoders: bool = False) -> Path:
+    """<folder>/last.pth of `run`'s freshly built model with non-default BN statistics (and key encoders moved
+    off the query encoders' values when asked), in train.py's checkpoint layout."""
+    torch.manual_seed(seed)
     model = build_model(run)
     with torch.no_grad():
         randomise_buffers(model)
-        for param in model.key_encoders.parameters():
-            param.add_(1.0)
-    path = tmp_path_factory.mktemp("unet_ckpt") / "last.pth"
+        if shift_key_encoders:
+            for param in model.key_encoders.parameters():
+                param.add_(1.0)
+    path = folder / "last.pth"
     save_checkpoint(path, {"model": model.state_dict(), "optimizer": {}, "epoch": EPOCH, "step": 5, "config": run})
     return path
 
@@ -650,14 +656,7 @@ def minkunet_run_config(**voxel) -> dict:
 def minkunet_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A voxel-only MinkUNet34 run's checkpoint as train.py writes it (RGB voxel features)."""
     pytest.importorskip("spconv.pytorch", reason="the voxel extra (spconv) is not installed")
-    torch.manual_seed(3)
-    run = minkunet_run_config()
-    model = build_model(run)
-    with torch.no_grad():
-        randomise_buffers(model)
-    path = tmp_path_factory.mktemp("minkunet_ckpt") / "last.pth"
-    save_checkpoint(path, {"model": model.state_dict(), "optimizer": {}, "epoch": EPOCH, "step": 5, "config": run})
-    return path
+    return voxel_checkpoint(tmp_path_factory.mktemp("minkunet_ckpt"), minkunet_run_config(), seed=3)
 
 
 def test_minkunet_seg_export_has_res16unet34s_bare_names_and_shapes(minkunet_checkpoint, tmp_path):

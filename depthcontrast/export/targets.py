@@ -195,28 +195,10 @@ def _export_openpcdet(checkpoint: Path, state: Mapping[str, Any], encoder: dict[
     by both loaders' rules into a PointRCNN stand-in built from OpenPCDet's construction rules."""
     downstream = openpcdet_backbone_config(state["config"]["backbone"])
     layout, key_map = openpcdet_layout(encoder, trunk=POINT_QUERY_TRUNK)
-    model_state = layout["model_state"]
     backbone_3d = downstream["BACKBONE_3D"]
     detector = PointRCNNStandIn(backbone_3d["SA_CONFIG"]["MLPS"], backbone_3d["FP_MLPS"], downstream["input_channels"])
-    detector_state = detector.state_dict()
-    loaded, skipped = openpcdet_loader_view(model_state, detector_state)
-    if skipped:
-        raise ExportError(
-            f"{checkpoint}: OpenPCDet's loader would skip {_summary(skipped)} (unknown to PointNet2MSG or of "
-            "another shape); the checkpoint does not fit the backbone its config names"
-        )
-    missing, unexpected = _strict_load(detector, loaded, f"{checkpoint}: OpenPCDet backbone_3d")
-    fork_view = openpcdet_fork_loader_view(layout, list(detector_state))
-    fork_missing, fork_unexpected = _strict_load(detector, fork_view, f"{checkpoint}: OpenPCDet fork backbone_3d")
-    ignored = sorted(f"classy_state_dict trunk {POINT_QUERY_TRUNK}.{key}" for key in encoder if is_head_key(key))
-    return Export(
-        payload={**layout, "epoch": state["epoch"], "version": TOOL_VERSION},
-        tensors=model_state,
-        key_map={f"{QUERY_PREFIX}point.{key}": out for key, out in key_map.items()},
-        missing_keys=sorted(set(missing) | set(fork_missing)),
-        unexpected_keys=sorted(set(unexpected) | set(fork_unexpected)),
-        ignored_keys=ignored,
-        downstream_config=downstream,
+    return _verified_openpcdet(
+        checkpoint, state, encoder, (layout, key_map), (detector, detector), downstream, "point", "PointNet2MSG"
     )
 
 
@@ -251,23 +233,44 @@ def _export_openpcdet_unet(checkpoint: Path, state: Mapping[str, Any], encoder: 
     trunk = layout["classy_state_dict"]["base_model"]["model"]["trunk"]
     trunk_spconv1, _ = spconv1_weights(trunk)
     layout["classy_state_dict"]["base_model"]["model"]["trunk"] = trunk_spconv1
-    model_state = layout["model_state"]
     detector = PartA2StandIn(downstream["input_channels"])
-    loaded, skipped = openpcdet_loader_view(model_state, detector.state_dict())
+    fork = PartA2StandIn(downstream["input_channels"], layout=SPCONV1_LAYOUT)
+    return _verified_openpcdet(
+        checkpoint, state, encoder, (layout, key_map), (detector, fork), downstream, "voxel", "UNetV2"
+    )
+
+
+def _verified_openpcdet(
+    checkpoint: Path,
+    state: Mapping[str, Any],
+    encoder: dict[str, torch.Tensor],
+    layout_and_map: tuple[dict[str, Any], dict[str, str]],
+    detectors: tuple[nn.Module, nn.Module],
+    downstream: dict[str, Any],
+    fmt: str,
+    backbone_name: str,
+) -> Export:
+    """An OpenPCDet export of the `fmt` encoder, checked by upstream's loader rules (nothing skipped, then a strict
+    load into detectors[0]) and by the fork's (a strict load of its view into detectors[1])."""
+    layout, key_map = layout_and_map
+    upstream, fork = detectors
+    model_state = layout["model_state"]
+    what = f"{checkpoint}: OpenPCDet backbone_3d ({backbone_name})"
+    loaded, skipped = openpcdet_loader_view(model_state, upstream.state_dict())
     if skipped:
         raise ExportError(
-            f"{checkpoint}: OpenPCDet's loader would skip {_summary(skipped)} (unknown to UNetV2 or of another "
-            "shape); the checkpoint does not fit the voxel backbone its config names"
+            f"{checkpoint}: OpenPCDet's loader would skip {_summary(skipped)} (unknown to {backbone_name} or of "
+            f"another shape); the checkpoint does not fit the {fmt} backbone its config names"
         )
-    missing, unexpected = _strict_load(detector, loaded, f"{checkpoint}: OpenPCDet backbone_3d (UNetV2)")
-    fork = PartA2StandIn(downstream["input_channels"], layout=SPCONV1_LAYOUT)
+    missing, unexpected = _strict_load(upstream, loaded, what)
     fork_view = openpcdet_fork_loader_view(layout, list(fork.state_dict()))
-    fork_missing, fork_unexpected = _strict_load(fork, fork_view, f"{checkpoint}: OpenPCDet fork backbone_3d (UNetV2)")
-    ignored = sorted(f"classy_state_dict trunk {VOXEL_QUERY_TRUNK}.{key}" for key in encoder if is_head_key(key))
+    fork_missing, fork_unexpected = _strict_load(fork, fork_view, f"{what}, the fork's view")
+    trunk = POINT_QUERY_TRUNK if fmt == "point" else VOXEL_QUERY_TRUNK
+    ignored = sorted(f"classy_state_dict trunk {trunk}.{key}" for key in encoder if is_head_key(key))
     return Export(
         payload={**layout, "epoch": state["epoch"], "version": TOOL_VERSION},
         tensors=model_state,
-        key_map={f"{QUERY_PREFIX}voxel.{key}": out for key, out in key_map.items()},
+        key_map={f"{QUERY_PREFIX}{fmt}.{key}": out for key, out in key_map.items()},
         missing_keys=sorted(set(missing) | set(fork_missing)),
         unexpected_keys=sorted(set(unexpected) | set(fork_unexpected)),
         ignored_keys=ignored,
