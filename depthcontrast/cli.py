@@ -17,6 +17,7 @@ from depthcontrast.slurm import TaskLayout
 
 log = logging.getLogger("depthcontrast")
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C (= train.EXIT_INTERRUPTED)
 
 
 def _dataset_settings(config_path: str, dataset: str) -> dict:
@@ -153,12 +154,23 @@ def cmd_summarize(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> None:
     from depthcontrast.data.shard_dataset import ShardDataset
+    from depthcontrast.log import progress
 
-    dataset = ShardDataset(Path(args.shard_dir), verify=not args.no_verify)
+    dataset = ShardDataset(Path(args.shard_dir), verify=not args.quick)
+    index = dataset.index
+    if not args.quick:  # every shard against index.json, not only those behind the samples shown
+        for k in progress(range(len(index.shards)), desc="sha256", total=len(index.shards), unit="shard"):
+            dataset.check_shard(k)
+    features = ", ".join(f"{name} ({index.feature_samples.get(name, 0)})" for name in index.feature_names) or "none"
+    labels = f"{index.labelled_samples} labelled" if index.has_labels else "none"
     print(
-        f"{args.shard_dir}: {len(dataset)} samples, features {dataset.feature_names}, "
-        f"labels {'yes' if dataset.has_labels else 'no'}"
+        f"{args.shard_dir}: {len(dataset)} samples in {len(index.shards)} shards, {index.num_points} points; "
+        f"features (samples with it): {features}; labels: {labels}; "
+        f"{index.shifted_samples} stored relative to an origin"
     )
+    for name, count in index.dropped_features.items():
+        print(f"  feature {name} left out (only {count} samples had it; partial_features: drop)")
+    print(f"  sha256: {'not checked (--quick)' if args.quick else f'all {len(index.shards)} shards match index.json'}")
     for i in range(min(args.head, len(dataset))):
         item = dataset[i]
         print(f"  [{i}] {item['sample_id']}: {item['points'].shape[0]} points")
@@ -239,10 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     summarize.add_argument("--results", default="results")
     summarize.set_defaults(func=cmd_summarize)
 
-    inspect = sub.add_parser("inspect", help="summarise a folder of shards (checks sha256 by default)")
+    inspect = sub.add_parser(
+        "inspect", help="summarise a folder of shards and check every shard's sha256 against index.json"
+    )
     inspect.add_argument("shard_dir")
-    inspect.add_argument("--head", type=int, default=5)
-    inspect.add_argument("--no-verify", action="store_true")
+    inspect.add_argument("--head", type=int, default=5, help="samples to list")
+    inspect.add_argument("--quick", action="store_true", help="only the summary and samples; no sha256 check")
     inspect.set_defaults(func=cmd_inspect)
     return parser
 
@@ -258,6 +272,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"depthcontrast: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("depthcontrast: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

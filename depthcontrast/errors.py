@@ -38,7 +38,9 @@ QUARANTINE_REASONS = (
     "truncated",  # the file ends before its header says it should
     "wrong_dtype",  # values of a type that cannot be points (strings, complex, ...)
     "non_finite",  # NaN or inf coordinates
-    "empty",  # zero points
+    "empty",  # zero points, or a 0-byte file
+    "out_of_range",  # a coordinate beyond preprocess.max_abs_coordinate_m
     "too_few_points",  # fewer than preprocess.min_points
-    "missing_features",  # lacks a feature (rgb, intensity) that the dataset's first sample fixed
+    "degenerate",  # fewer than preprocess.min_distinct_points distinct points, or extent below min_extent_m
+    "unknown_format",  # a file of no known point format (skipped by format.name: auto)
 )

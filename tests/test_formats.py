@@ -28,6 +28,7 @@ from fixture_writers import (
     write_waymo_extracted,
 )
 
+from depthcontrast.config import validate_config
 from depthcontrast.data.formats import Unit, decode_unit, official_layout_files, plan_units
 from depthcontrast.data.formats.waymo import iter_tfrecord_records, waymo_available
 from depthcontrast.data.manifest import Manifest, describe_files
@@ -40,9 +41,8 @@ REDWOOD_FX, REDWOOD_CX, REDWOOD_CY = 525.0, 319.5, 239.5
 
 def make_fmt(**overrides) -> dict:
     """A validated `format` block: the schema's defaults plus `overrides`."""
-    defaults = {"name": "auto", "frame_step": None, "depth_scale": None, "max_depth_m": None,
-                "intrinsics": None, "point_range": None}  # fmt: skip
-    return {**defaults, **overrides}
+    entry = {"source": {"kind": "local", "path": "."}, "format": overrides}
+    return validate_config({"datasets": {"ds": entry}})["datasets"]["ds"]["format"]
 
 
 def manifest_for(root: Path, kind: str = "local", rels: list[str] | None = None) -> Manifest:

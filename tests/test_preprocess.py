@@ -17,6 +17,7 @@ import yaml
 
 from depthcontrast.config import validate_config
 from depthcontrast.data.shard_dataset import ShardDataset
+from depthcontrast.errors import DataError
 from depthcontrast.io_utils import TEMP_MARKER, sha256_file
 from depthcontrast.stages.download import run_download
 from depthcontrast.stages.preprocess import run_preprocess
@@ -90,19 +91,6 @@ def test_every_quarantine_reason_is_reported_and_good_scans_are_kept(tmp_path: P
     assert kept == {400, 401, 402}
 
 
-def test_a_sample_lacking_the_datasets_features_is_quarantined_as_missing_features(tmp_path: Path):
-    folder = tmp_path / "scans"
-    folder.mkdir()
-    cloud = plane_cloud(200, seed=1)
-    np.save(folder / "a_coloured.npy", np.hstack([cloud, np.full((200, 3), 0.5, np.float32)]))  # xyz + rgb
-    np.save(folder / "b_plain.npy", plane_cloud(200, seed=2))
-    out = download_and_preprocess(folder, tmp_path / "work")
-    entries = json.loads((out / "quarantine.json").read_text())["entries"]
-    assert [(e["source"], e["reason"]) for e in entries] == [("b_plain.npy", "missing_features")]
-    assert "rgb" in entries[0]["detail"]
-    assert ShardDataset(out).feature_names == ["rgb"]
-
-
 def test_max_points_subsample_is_reproducible_and_bounded(tmp_path: Path):
     write_bad_and_good_scans(tmp_path / "scans")
     first = download_and_preprocess(tmp_path / "scans", tmp_path / "a", max_points=100)
@@ -139,7 +127,7 @@ def test_a_raw_file_changed_after_download_is_reported(tmp_path: Path):
     settings = local_dataset(tmp_path / "scans")
     run_download("scans", settings["source"], tmp_path / "raw")
     np.save(tmp_path / "scans" / "good_0.npy", plane_cloud(999, seed=0))
-    with pytest.raises(Exception, match=r"good_0\.npy: size .* differs from the manifest"):
+    with pytest.raises(DataError, match=r"good_0\.npy: size .* differs from the .* bytes in .*MANIFEST\.json"):
         run_preprocess("scans", settings, tmp_path / "raw" / "MANIFEST.json", tmp_path / "out")
 
 

@@ -123,7 +123,8 @@ def test_las_and_laz_give_intensity_classification_and_local_xy(tmp_path, suffix
     corner = np.floor(points.min(axis=0))
     corner[2] = 0.0
     np.testing.assert_allclose(sample.points, points - corner, atol=2e-3)
-    assert sample.points.dtype == np.float32
+    np.testing.assert_array_equal(sample.origin, corner)  # kept: points + origin are the file's coordinates
+    assert sample.points.dtype == np.float64  # float32 comes after the shift (coordinates.to_float32_metres)
     assert sample.features["intensity"].dtype == np.float32 and sample.features["intensity"].shape == (200, 1)
     np.testing.assert_array_equal(sample.features["intensity"][:, 0], (INTENSITY * 1000).round())
     assert sample.labels.dtype == np.int32

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from torch.utils.data import DataLoader
 
-from depthcontrast.data.records import Sample
-from depthcontrast.data.shard_dataset import ShardDataset
+from depthcontrast.data.records import UNLABELLED, Sample
+from depthcontrast.data.shard_dataset import ShardDataset, absolute_points
 from depthcontrast.data.shards import INDEX_NAME, ShardWriter, read_index
 from depthcontrast.errors import DataError
 
@@ -168,10 +168,73 @@ def test_dataloader_with_two_workers_reads_every_sample_once_after_parent_opened
         np.testing.assert_array_equal(item["labels"], samples[item["index"]].labels)
 
 
-def test_samples_with_other_feature_names_are_rejected_naming_the_sample(tmp_path):
+def mixed_samples() -> list[Sample]:
+    """Two samples with rgb + intensity, then one with intensity only, then one with rgb and no labels."""
+    samples = make_samples(3, features=("rgb", "intensity")) + make_samples(1, features=("rgb",), labels=False, seed=5)
+    samples[2].features.pop("rgb")
+    samples[3].sample_id = "toy/scene003/frame"
+    return samples
+
+
+def test_features_some_samples_lack_are_stored_with_a_per_sample_presence_record(tmp_path):
+    samples = mixed_samples()
+    write(tmp_path, samples, samples_per_shard=2)  # the first shard has both features: written before the 4th
+    dataset = ShardDataset(tmp_path)
+    assert dataset.feature_names == ["intensity", "rgb"]
+    assert dataset.index.feature_samples == {"intensity": 3, "rgb": 3}
+    for i, sample in enumerate(samples):
+        item = dataset[i]
+        present = dict(zip(dataset.feature_names, item["features_present"].tolist(), strict=True))
+        assert present == {"intensity": int("intensity" in sample.features), "rgb": int("rgb" in sample.features)}
+        intensity, rgb = item["features"][:, :1], item["features"][:, 1:]
+        expected_intensity = sample.features.get("intensity", np.zeros((sample.num_points, 1), np.float32))
+        np.testing.assert_array_equal(intensity, expected_intensity)
+        np.testing.assert_array_equal(rgb, sample.features.get("rgb", np.zeros((sample.num_points, 3))))
+
+
+def test_a_feature_first_met_after_a_shard_was_written_rewrites_that_shard(tmp_path):
+    samples = make_samples(4, features=("rgb",))
+    samples[3].features["intensity"] = np.full((samples[3].num_points, 1), 0.25, np.float32)
+    write(tmp_path, samples, samples_per_shard=2)
+    dataset = ShardDataset(tmp_path)  # verifies every sha256 against the index
+    dataset.verify_all()
+    assert dataset.feature_names == ["intensity", "rgb"]
+    assert [dataset[i]["features_present"].tolist() for i in range(4)] == [[0, 1], [0, 1], [0, 1], [1, 1]]
+    np.testing.assert_array_equal(dataset[0]["features"][:, 1:], samples[0].features["rgb"])  # uint8 -> float32
+
+
+def test_partial_features_drop_keeps_only_the_features_every_sample_has(tmp_path):
+    with ShardWriter(tmp_path, "toy", "unit-test", {}, 2, "none", 0, None, partial_features="drop") as writer:
+        for sample in mixed_samples():
+            writer.add(sample)
+    index = read_index(tmp_path)
+    assert index.feature_names == [] and index.dropped_features == {"intensity": 3, "rgb": 3}
+    assert "features" not in ShardDataset(tmp_path)[0]
+
+
+def test_samples_without_labels_are_unlabelled_in_a_dataset_with_labels(tmp_path):
+    samples = mixed_samples()
+    write(tmp_path, samples, samples_per_shard=3)
+    dataset = ShardDataset(tmp_path)
+    assert dataset.has_labels and dataset.index.labelled_samples == 3
+    np.testing.assert_array_equal(dataset[3]["labels"], np.full(samples[3].num_points, UNLABELLED))
+    np.testing.assert_array_equal(dataset[0]["labels"], samples[0].labels)
+
+
+def test_origins_are_stored_per_sample_and_give_the_absolute_points_back(tmp_path):
     samples = make_samples(3)
-    samples[2].features = {"intensity": np.zeros((samples[2].num_points, 1), np.float32)}
-    with pytest.raises(DataError, match=r"toy/scene002/frame.*same feature names"):
+    samples[1].origin = np.array([637_012.0, 4_851_877.0, 112.0])
+    write(tmp_path, samples)
+    dataset = ShardDataset(tmp_path)
+    assert dataset.index.shifted_samples == 1
+    np.testing.assert_array_equal(dataset[0]["origin"], np.zeros(3))
+    np.testing.assert_array_equal(absolute_points(dataset[1]), samples[1].points.astype(np.float64) + samples[1].origin)
+
+
+def test_a_feature_with_other_channels_is_rejected_naming_the_sample(tmp_path):
+    samples = make_samples(3)
+    samples[2].features = {"rgb": np.zeros((samples[2].num_points, 4), np.uint8)}
+    with pytest.raises(DataError, match=r"toy/scene002/frame: feature 'rgb' has 4 channels"):
         write(tmp_path, samples)
     assert not (tmp_path / INDEX_NAME).exists()
 

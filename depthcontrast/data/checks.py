@@ -3,13 +3,40 @@
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
 from depthcontrast.data.records import Sample
 
+XYZ_ROW_BYTES = 3 * np.dtype(np.float32).itemsize
 
-def rejection_reason(sample: Sample, min_points: int) -> tuple[str, str] | None:
+
+@dataclass(frozen=True)
+class SampleLimits:
+    """What a sample must satisfy to be kept (the `preprocess` block's thresholds)."""
+
+    min_points: int
+    min_distinct_points: int
+    min_extent_m: float
+    max_abs_coordinate_m: float
+
+    @classmethod
+    def of_preprocess(cls, params: dict[str, Any]) -> SampleLimits:
+        """From a validated `preprocess` config block."""
+        return cls(
+            params["min_points"], params["min_distinct_points"], params["min_extent_m"], params["max_abs_coordinate_m"]
+        )
+
+
+def distinct_points(points: np.ndarray) -> int:
+    """How many different xyz rows a float32 [P, 3] array has."""
+    rows = np.ascontiguousarray(points, dtype=np.float32).view(np.dtype((np.void, XYZ_ROW_BYTES)))
+    return int(np.unique(rows.ravel()).size)
+
+
+def rejection_reason(sample: Sample, limits: SampleLimits) -> tuple[str, str] | None:
     """(reason, detail) if the sample must be quarantined, else None. Reasons as errors.QUARANTINE_REASONS."""
     points = sample.points
     if points.ndim != 2 or points.shape[1] != 3 or not np.issubdtype(points.dtype, np.floating):
@@ -19,8 +46,25 @@ def rejection_reason(sample: Sample, min_points: int) -> tuple[str, str] | None:
     finite = np.isfinite(points).all(axis=1)
     if not finite.all():
         return "non_finite", f"{int((~finite).sum())} of {points.shape[0]} points have NaN or inf coordinates"
-    if points.shape[0] < min_points:
-        return "too_few_points", f"{points.shape[0]} points < preprocess.min_points = {min_points}"
+    largest = float(np.abs(points).max())
+    if largest > limits.max_abs_coordinate_m:
+        beyond = int((np.abs(points) > limits.max_abs_coordinate_m).any(axis=1).sum())
+        return "out_of_range", (
+            f"{beyond} of {points.shape[0]} points beyond +-{limits.max_abs_coordinate_m:g} m "
+            f"(largest |coordinate| {largest:.4g}; preprocess.max_abs_coordinate_m)"
+        )
+    if points.shape[0] < limits.min_points:
+        return "too_few_points", f"{points.shape[0]} points < preprocess.min_points = {limits.min_points}"
+    distinct = distinct_points(points)
+    if distinct < limits.min_distinct_points:
+        return "degenerate", (
+            f"{distinct} distinct of {points.shape[0]} points < preprocess.min_distinct_points = "
+            f"{limits.min_distinct_points}"
+        )
+    extent = points.max(axis=0) - points.min(axis=0)
+    if float(extent.max()) < limits.min_extent_m:
+        sizes = " x ".join(f"{value:.3g}" for value in extent)
+        return "degenerate", f"bounding box {sizes} m, below preprocess.min_extent_m = {limits.min_extent_m:g} m"
     return None
 
 
@@ -31,8 +75,8 @@ def subsample(sample: Sample, max_points: int | None, seed: int) -> Sample:
         return sample
     rng = np.random.default_rng([seed, zlib.crc32(sample.sample_id.encode())])
     keep = np.sort(rng.choice(count, size=max_points, replace=False))
-    return Sample(
-        sample_id=sample.sample_id,
+    return replace(
+        sample,
         points=sample.points[keep],
         features={name: values[keep] for name, values in sample.features.items()},
         labels=None if sample.labels is None else sample.labels[keep],
@@ -41,8 +85,8 @@ def subsample(sample: Sample, max_points: int | None, seed: int) -> Sample:
 
 def select_outputs(sample: Sample, keep_features: list[str], keep_labels: bool) -> Sample:
     """Drop features not in `keep_features` (and labels if not kept); points become float32."""
-    return Sample(
-        sample_id=sample.sample_id,
+    return replace(
+        sample,
         points=np.ascontiguousarray(sample.points, dtype=np.float32),
         features={name: values for name, values in sample.features.items() if name in keep_features},
         labels=sample.labels if keep_labels else None,

@@ -31,11 +31,12 @@ class Manifest:
 
 
 def describe_files(root: Path, relative_paths: list[str]) -> list[RawFile]:
-    """RawFile records (size + sha256) for files under `root`, sorted by path."""
+    """RawFile records (size, sha256, modification time) for files under `root`, sorted by path."""
     records = []
     for rel in sorted(relative_paths):
         path = root / rel
-        records.append(RawFile(path=rel, size=path.stat().st_size, sha256=sha256_file(path)))
+        stat = path.stat()
+        records.append(RawFile(path=rel, size=stat.st_size, sha256=sha256_file(path), mtime_ns=stat.st_mtime_ns))
     return records
 
 

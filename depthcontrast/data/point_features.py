@@ -51,15 +51,23 @@ class InputFeatures:
         feature_channels: Sequence[int],
         source: str,
         missing_as_zeros: bool = False,
+        present: Sequence[int] | None = None,
     ) -> np.ndarray:
         """float32 [count, channels] from a sample's shard features [count, sum(feature_channels)] (or None).
 
-        A wanted feature the shards lack is a DataError naming `source`, or zeros with `missing_as_zeros`.
+        `present` (the sample's feature_present record, aligned with `feature_names`) marks the features this
+        sample lacks: they read as zeros. A wanted feature the shards lack is a DataError naming `source`,
+        or zeros with `missing_as_zeros`.
         """
         offsets = dict(zip(feature_names, np.cumsum([0, *feature_channels[:-1]]).tolist(), strict=True))
+        flags = present if present is not None else [1] * len(feature_names)
+        absent = {name for name, flag in zip(feature_names, flags, strict=True) if not flag}
         out = []
         for name in self.names:
             width = FEATURE_CHANNELS[name]
+            if name in absent:
+                out.append(np.zeros((count, width), np.float32))
+                continue
             if name not in offsets or features is None:
                 if not missing_as_zeros:
                     have = ", ".join(feature_names) or "none"

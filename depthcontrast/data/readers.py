@@ -3,7 +3,8 @@
 Every reader checks the file's structure before handing it to its library, so bad data raises a
 `SampleError` whose reason (`unreadable`, `truncated`, `wrong_dtype`) comes from what the file says
 about itself, never from a library's exception text. Readers keep NaN/inf and empty clouds: the
-preprocess stage checks those for every sample alike.
+preprocess stage checks those for every sample alike. Coordinates come back in the file's own type
+(float32, float64 or integers); `coordinates.to_float32_metres` makes them float32 metres.
 """
 
 from __future__ import annotations
@@ -18,22 +19,14 @@ from pathlib import Path
 
 import laspy
 import numpy as np
-import plyfile
 from PIL import Image
 
+from depthcontrast.data.ply_vertices import read_ply_vertices
 from depthcontrast.data.records import Sample
 from depthcontrast.errors import SampleError
 
-MAX_HEADER_BYTES = 1 << 16  # PLY and PCD headers must end within this many bytes
+MAX_HEADER_BYTES = 1 << 16  # PCD headers must end within this many bytes
 
-PLY_MAGIC = b"ply"
-PLY_END_HEADER = b"end_header"
-PLY_TYPE_BYTES = {
-    "char": 1, "int8": 1, "uchar": 1, "uint8": 1,
-    "short": 2, "int16": 2, "ushort": 2, "uint16": 2,
-    "int": 4, "int32": 4, "uint": 4, "uint32": 4,
-    "float": 4, "float32": 4, "double": 8, "float64": 8,
-}  # fmt: skip
 PLY_COLOUR_PROPERTIES = ("red", "green", "blue")
 PLY_LABEL_PROPERTIES = ("label", "class")
 
@@ -116,60 +109,15 @@ def _to_rgb_uint8(channels: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------- PLY
-def _check_ply_structure(path: Path) -> None:
-    """Raise unreadable for a bad header, truncated when the body is shorter than the header says."""
-    head = _read_head(path)
-    if not head.startswith(PLY_MAGIC):
-        raise SampleError("unreadable", f"{path}: no 'ply' magic at the start; not a PLY file")
-    end = head.find(PLY_END_HEADER)
-    if end < 0:
-        if len(head) < MAX_HEADER_BYTES:
-            raise SampleError("truncated", f"{path}: file ends inside its PLY header")
-        raise SampleError("unreadable", f"{path}: no 'end_header' in the first {MAX_HEADER_BYTES} bytes")
-    newline = head.find(b"\n", end)
-    body_start = newline + 1 if newline >= 0 else len(head)
-    encoding, rows, min_bytes = None, 0, 0
-    row_bytes = 0
-    count = 0
-    try:
-        for line in head[:end].decode("ascii").splitlines():
-            tokens = line.split()
-            if not tokens:
-                continue
-            if tokens[0] == "format":
-                encoding = tokens[1]
-            elif tokens[0] == "element":
-                min_bytes += count * row_bytes
-                count, row_bytes = int(tokens[2]), 0
-                rows += count
-            elif tokens[0] == "property":
-                # a list property needs at least its length field per row
-                row_bytes += PLY_TYPE_BYTES[tokens[2] if tokens[1] == "list" else tokens[1]]
-        min_bytes += count * row_bytes
-    except (UnicodeDecodeError, ValueError, IndexError, KeyError) as exc:
-        raise SampleError("unreadable", f"{path}: malformed PLY header ({exc!r})") from None
-    if encoding is None:
-        raise SampleError("unreadable", f"{path}: PLY header has no 'format' line")
-    body = path.stat().st_size - body_start
-    if encoding == "ascii":
-        lines = _count_data_lines(path, body_start)
-        if lines < rows:
-            raise SampleError("truncated", f"{path}: header declares {rows} rows, file has {lines} lines")
-    elif body < min_bytes:
-        raise SampleError("truncated", f"{path}: header declares at least {min_bytes} bytes, body has {body}")
-
-
 def read_ply(path: Path, sample_id: str) -> Sample:
-    """PLY vertices via plyfile: xyz, optional red/green/blue → 'rgb', optional label/class → labels."""
+    """PLY vertices (faces are never parsed): xyz, optional red/green/blue → 'rgb', optional label/class → labels."""
     path = Path(path)
-    _check_ply_structure(path)
-    with unreadable_on_error(path, "PLY file"):
-        vertices = plyfile.PlyData.read(str(path), mmap=False)["vertex"].data
+    vertices = read_ply_vertices(path)
     names = vertices.dtype.names or ()
     for axis in "xyz":
         if axis not in names or vertices.dtype[axis].kind not in NUMERIC_KINDS:
             raise SampleError("wrong_dtype", f"{path}: vertex property {axis!r} missing or not numeric")
-    points = np.stack([vertices[axis] for axis in "xyz"], axis=1).astype(np.float32)
+    points = np.stack([vertices[axis] for axis in "xyz"], axis=1)
     features = {}
     if all(name in names for name in PLY_COLOUR_PROPERTIES):
         features["rgb"] = _to_rgb_uint8(np.stack([vertices[c] for c in PLY_COLOUR_PROPERTIES], axis=1))
@@ -245,7 +193,7 @@ def read_pcd(path: Path, sample_id: str) -> Sample:
         attributes = {name: cloud.point[name].numpy() for name in cloud.point}
     if "positions" not in attributes:
         raise SampleError("unreadable", f"{path}: open3d could not decode the PCD data")
-    points = attributes["positions"].astype(np.float32).reshape(-1, 3)
+    points = attributes["positions"].reshape(-1, 3)
     features = {}
     if "colors" in attributes:
         features["rgb"] = _to_rgb_uint8(attributes["colors"].reshape(-1, 3))
@@ -279,8 +227,8 @@ def _check_las_structure(path: Path, header: laspy.LasHeader) -> None:
 def read_las(path: Path, sample_id: str) -> Sample:
     """LAS/LAZ via laspy (+lazrs): xyz, intensity → 'intensity', colour → 'rgb', classification → labels.
 
-    x and y are returned relative to the tile's corner floor(min x), floor(min y), so float32 keeps
-    millimetre precision for georeferenced coordinates (~10^6 m); z is unchanged.
+    x and y are returned (float64) relative to the tile's corner floor(min x), floor(min y), recorded as the
+    sample's origin, so float32 keeps millimetre precision for georeferenced coordinates (~10^6 m).
     """
     path = Path(path)
     head = _read_head(path, LAS_DATA_OFFSET_AT + LAS_DATA_OFFSET.size)
@@ -299,7 +247,6 @@ def read_las(path: Path, sample_id: str) -> Sample:
         xyz = np.asarray(las.xyz, dtype=np.float64)
         dimensions = set(las.point_format.dimension_names)
     origin = np.array([math.floor(header.mins[0]), math.floor(header.mins[1]), 0.0])
-    points = (xyz - origin).astype(np.float32)
     features = {"intensity": np.asarray(las.intensity, dtype=np.float32).reshape(-1, 1)}
     if {"red", "green", "blue"} <= dimensions:
         colour = np.stack([np.asarray(las[c]) for c in ("red", "green", "blue")], axis=1)
@@ -307,7 +254,7 @@ def read_las(path: Path, sample_id: str) -> Sample:
             colour = colour >> LAS_16BIT_COLOUR_SHIFT
         features["rgb"] = colour.astype(np.uint8)
     labels = np.asarray(las.classification, dtype=np.int32)
-    return Sample(sample_id, points, features, labels)
+    return Sample(sample_id, xyz - origin, features, labels, origin=origin)
 
 
 # --------------------------------------------------------------------------------------------- NPY
@@ -354,7 +301,7 @@ def read_npy(path: Path, sample_id: str) -> Sample:
         raise SampleError("truncated", detail)
     with unreadable_on_error(path, ".npy file"):
         array = np.load(path, allow_pickle=False)
-    points = array[:, :3].astype(np.float32)
+    points = array[:, :3]
     features = {}
     if shape[1] == 4:
         features["intensity"] = array[:, 3:4].astype(np.float32)

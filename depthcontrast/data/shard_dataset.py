@@ -30,6 +30,8 @@ class _OpenShard:
     labels: h5py.Dataset | None
     offsets: np.ndarray
     sample_ids: list[str]
+    origins: np.ndarray
+    feature_present: np.ndarray | None
     xyz_quantum: np.float32 | None
 
 
@@ -42,8 +44,10 @@ def _file_signature(path: Path) -> tuple[int, int, int, int]:
 class ShardDataset(Dataset):
     """The samples of `shard_dir` (index.json + shard-*.h5) by global index.
 
-    Each item is a dict of numpy arrays: points float32 [P, 3] in metres, features [P, C]
-    (when the dataset has any), labels int32 [P] (when it has them), sample_id, index.
+    Each item is a dict of numpy arrays: points float32 [P, 3] in metres relative to origin (float64 [3]),
+    features [P, C] with features_present uint8 [F] (1 where this sample has feature f; absent ones
+    are 0) when the dataset has any, labels int32 [P] (when it has them; -1 = unlabelled), sample_id,
+    index. `absolute_points(item)` gives the original coordinates back.
     Shards are opened lazily, one handle per shard per process; handles from before a fork are
     dropped, never used. With `verify`, a shard's sha256 is checked against the index before its
     first use; a file checked once is not re-hashed while its inode, size and mtime are unchanged,
@@ -96,16 +100,27 @@ class ShardDataset(Dataset):
         item: dict[str, Any] = {"points": raw}
         if shard.features is not None:
             item["features"] = shard.features[start:stop]
+            item["features_present"] = shard.feature_present[local]
         if shard.labels is not None:
             item["labels"] = shard.labels[start:stop].astype(np.int32, copy=False)
         item["sample_id"] = shard.sample_ids[local]
+        item["origin"] = shard.origins[local]
         item["index"] = i
         return item
 
+    def feature_samples(self, name: str) -> int:
+        """How many samples have feature `name` (0 when the shards do not store it)."""
+        return self.index.feature_samples.get(name, 0)
+
     def verify_all(self) -> None:
         """Check every shard's sha256 now (e.g. in the parent, before DataLoader workers fork)."""
-        for entry in self.index.shards:
-            self._verify(self.shard_dir / entry.file, entry.sha256)
+        for k in range(len(self.index.shards)):
+            self.check_shard(k)
+
+    def check_shard(self, k: int) -> None:
+        """Check shard k's sha256 against index.json (DataError naming the file when they differ)."""
+        entry = self.index.shards[k]
+        self._verify(self.shard_dir / entry.file, entry.sha256)
 
     def close(self) -> None:
         """Close the shard handles this process opened."""
@@ -168,8 +183,15 @@ def _open_shard(path: Path) -> _OpenShard:
             labels=h5.get("labels"),
             offsets=h5["offsets"][:],
             sample_ids=list(h5["sample_id"].asstr()[:]),
+            origins=h5["origin"][:],
+            feature_present=h5["feature_present"][:] if "feature_present" in h5 else None,
             xyz_quantum=None if quantum is None else np.float32(quantum),
         )
     except KeyError as exc:
         h5.close()
         raise DataError(f"{path}: shard lacks dataset {exc}; rerun preprocess") from None
+
+
+def absolute_points(item: dict[str, Any]) -> np.ndarray:
+    """float64 [P, 3]: an item's points in the coordinates of the raw file (points + origin)."""
+    return item["points"].astype(np.float64) + item["origin"]

@@ -1,14 +1,17 @@
 """HDF5 shards (DESIGN.md §4): many samples per file, concatenated along the point axis.
 
 A shard holds `points` (float32 xyz in metres, or integers of `xyz_quantum_m`), optional
-`features` [P, C] and `labels` [P], `offsets` [N+1] and `sample_id` [N]. `index.json` lists the
-shards with their sha256 and is written last, so a directory with an index is complete.
-Identical samples and parameters give byte-identical shards and index.
+`features` [P, C] with `feature_present` uint8 [N, F] (which sample has which feature) and `labels`
+[P] (-1 for points of unlabelled scans), `offsets` [N+1], `sample_id` [N] and `origin` float64 [N, 3]
+(absolute coordinates = points + origin). `index.json` lists the shards with their sha256 and is
+written last, so a directory with an index is complete. Identical samples and parameters give
+byte-identical shards and index.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -20,10 +23,19 @@ import numpy as np
 
 from depthcontrast import __version__
 from depthcontrast.data.records import Sample
+from depthcontrast.data.shard_arrays import (
+    FeatureLayout,
+    ShardArrays,
+    arrays_from_samples,
+    feature_columns,
+    read_arrays,
+    relayout,
+    write_arrays,
+)
 from depthcontrast.errors import ConfigError, DataError
 from depthcontrast.io_utils import atomic_path, atomic_write_json, sha256_file, sweep_temp_files
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: feature_present, origin, unlabelled samples (-1)
 INDEX_NAME = "index.json"
 SHARD_GLOB = "shard-*.h5"
 COMPRESSIONS = ("none", "lz4", "zstd", "gzip", "blosc-lz4")
@@ -36,7 +48,7 @@ GZIP_MAX_LEVEL = 9
 # Quantised xyz is int16 when a shard's values fit (+-32.7 m at 1 mm: depth frames), else int32.
 QUANTISED_XYZ_NARROW = np.iinfo(np.int16)
 QUANTISED_XYZ_WIDE = np.iinfo(np.int32)
-LABEL_DTYPES = (np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.int32))
+PARTIAL_FEATURE_RULES = ("keep", "drop")
 
 
 def shard_name(k: int) -> str:
@@ -70,6 +82,12 @@ class ShardIndex:
     has_labels: bool
     xyz_quantum_m: float | None
     shards: list[ShardEntry] = field(default_factory=list)
+    partial_features: str = "keep"  # how features only some samples have were treated (keep / drop)
+    feature_samples: dict[str, int] = field(default_factory=dict)  # stored feature -> samples that have it
+    dropped_features: dict[str, int] = field(default_factory=dict)  # left-out feature -> samples that had it
+    labelled_samples: int = 0  # samples with labels (the others' points are -1)
+    shifted_samples: int = 0  # samples stored relative to a non-zero origin
+    integer_samples: int = 0  # samples whose integer coordinates were converted (format.integer_unit_m)
 
     @property
     def num_samples(self) -> int:
@@ -95,6 +113,12 @@ class ShardIndex:
             "feature_channels": self.feature_channels,
             "has_labels": self.has_labels,
             "xyz_quantum_m": self.xyz_quantum_m,
+            "partial_features": self.partial_features,
+            "feature_samples": self.feature_samples,
+            "dropped_features": self.dropped_features,
+            "labelled_samples": self.labelled_samples,
+            "shifted_samples": self.shifted_samples,
+            "integer_samples": self.integer_samples,
             "totals": {"samples": self.num_samples, "points": self.num_points, "bytes": self.num_bytes},
             "shards": [
                 {
@@ -142,6 +166,12 @@ def read_index(shard_dir: str | Path) -> ShardIndex:
             has_labels=bool(doc["has_labels"]),
             xyz_quantum_m=doc["xyz_quantum_m"],
             shards=shards,
+            partial_features=str(doc["partial_features"]),
+            feature_samples={str(k): int(v) for k, v in doc["feature_samples"].items()},
+            dropped_features={str(k): int(v) for k, v in doc["dropped_features"].items()},
+            labelled_samples=int(doc["labelled_samples"]),
+            shifted_samples=int(doc["shifted_samples"]),
+            integer_samples=int(doc["integer_samples"]),
         )
     except FileNotFoundError:
         raise DataError(f"{path}: shard index not found; run the preprocess stage first") from None
@@ -172,29 +202,44 @@ def filter_options(compression: str, level: int, dtype: np.dtype) -> dict[str, A
     raise ConfigError(f"unknown compression {compression!r}; expected one of {COMPRESSIONS}")
 
 
-@dataclass(frozen=True)
-class _FeatureLayout:
-    """Feature names (sorted), channels per feature and the stored dtype, fixed by the first sample."""
+@dataclass
+class _DatasetTally:
+    """What the samples added so far have: per feature its channels, stored dtype and sample count; labels."""
 
-    names: tuple[str, ...]
-    channels: tuple[int, ...]
-    dtype: np.dtype
+    channels: dict[str, int] = field(default_factory=dict)
+    uint8: dict[str, bool] = field(default_factory=dict)
+    feature_samples: Counter = field(default_factory=Counter)
+    samples: int = 0
+    labelled: int = 0
+    shifted: int = 0
+    from_integers: int = 0
 
+    def add(self, sample: Sample, columns: dict[str, np.ndarray]) -> None:
+        for name, array in columns.items():
+            if self.channels.setdefault(name, array.shape[1]) != array.shape[1]:
+                raise DataError(
+                    f"sample {sample.sample_id}: feature {name!r} has {array.shape[1]} channels, "
+                    f"other samples of the dataset {self.channels[name]}"
+                )
+            self.uint8[name] = self.uint8.get(name, True) and array.dtype == np.uint8
+            self.feature_samples[name] += 1
+        self.samples += 1
+        self.labelled += sample.labels is not None
+        self.shifted += bool(np.any(np.asarray(sample.origin) != 0))
+        self.from_integers += sample.integer_unit_m is not None
 
-def _feature_columns(sample: Sample) -> dict[str, np.ndarray]:
-    """Sample features as 2-D [P, C] arrays, checked to have one row per point."""
-    columns = {}
-    for name, values in sample.features.items():
-        array = np.asarray(values)
-        if array.ndim == 1:
-            array = array[:, None]
-        if array.ndim != 2 or array.shape[0] != sample.num_points:
-            raise DataError(
-                f"sample {sample.sample_id}: feature {name!r} has shape {array.shape}, "
-                f"expected ({sample.num_points}, C)"
-            )
-        columns[name] = array
-    return columns
+    def layout(self, names: set[str]) -> FeatureLayout:
+        """Sorted `names` with their channels; uint8 when every one of them is uint8, else float32."""
+        ordered = tuple(sorted(names))
+        all_uint8 = all(self.uint8[name] for name in ordered)
+        dtype = np.dtype(np.uint8 if all_uint8 else np.float32)
+        return FeatureLayout(ordered, tuple(self.channels[name] for name in ordered), dtype)
+
+    def final_names(self, partial_features: str) -> set[str]:
+        """keep: every feature any sample has; drop: only those every sample has."""
+        if partial_features == "keep":
+            return set(self.feature_samples)
+        return {name for name, count in self.feature_samples.items() if count == self.samples}
 
 
 class ShardWriter:
@@ -202,6 +247,10 @@ class ShardWriter:
 
     Use as a context manager. An exception inside the `with` leaves complete shards but no index.
     A shard's samples are held in memory until it is written in one go (samples_per_shard bounds it).
+    Features and labels are decided by the whole dataset, never by file order: `partial_features`
+    "keep" stores every feature some sample has (a per-sample presence record marks where it is absent),
+    "drop" only those every sample has; when any sample has labels, the others get UNLABELLED. A shard
+    written before a later sample changed that set is rewritten at close.
     """
 
     def __init__(
@@ -215,6 +264,7 @@ class ShardWriter:
         compression_level: int,
         xyz_quantum_m: float | None,
         chunk_points: int | None = None,
+        partial_features: str = "keep",
     ):
         """`chunk_points`: points per chunk; None = CHUNK_POINTS, or contiguous when uncompressed."""
         if compression not in COMPRESSIONS:
@@ -223,6 +273,8 @@ class ShardWriter:
             raise ConfigError("samples_per_shard and chunk_points must be positive")
         if xyz_quantum_m is not None and not xyz_quantum_m > 0:
             raise ConfigError(f"xyz_quantum_m must be positive, got {xyz_quantum_m}")
+        if partial_features not in PARTIAL_FEATURE_RULES:
+            raise ConfigError(f"partial_features must be one of {PARTIAL_FEATURE_RULES}, got {partial_features!r}")
         self.out_dir = Path(out_dir)
         self.dataset = dataset
         self.source = source
@@ -234,11 +286,12 @@ class ShardWriter:
         if chunk_points is None and compression != "none":
             chunk_points = CHUNK_POINTS
         self.chunk_points = chunk_points
+        self.partial_features = partial_features
         self.index: ShardIndex | None = None
         self._pending: list[Sample] = []
         self._entries: list[ShardEntry] = []
-        self._layout: _FeatureLayout | None = None
-        self._has_labels: bool | None = None
+        self._written: list[tuple[FeatureLayout, bool]] = []  # each shard's layout and labels-or-not
+        self._tally = _DatasetTally()
 
     def __enter__(self) -> ShardWriter:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -263,23 +316,35 @@ class ShardWriter:
             self._flush()
 
     def close(self) -> ShardIndex:
-        """Write the last shard, delete stale shards of an earlier run, then write index.json."""
+        """Write the last shard, bring every shard to the dataset's final layout, delete stale shards of an
+        earlier run, then write index.json."""
         if self.index is not None:
             return self.index
         if self._pending:
             self._flush()
-        layout = self._layout
+        tally = self._tally
+        layout = tally.layout(tally.final_names(self.partial_features))
+        has_labels = tally.labelled > 0
+        for k, written in enumerate(self._written):
+            if written != (layout, has_labels):
+                self._rewrite(k, layout, has_labels)
         index = ShardIndex(
             schema_version=SCHEMA_VERSION,
             dataset=self.dataset,
             source=self.source,
             tool_version=__version__,
             params=json.loads(self.params_json),
-            feature_names=list(layout.names) if layout else [],
-            feature_channels=list(layout.channels) if layout else [],
-            has_labels=bool(self._has_labels),
+            feature_names=list(layout.names),
+            feature_channels=list(layout.channels),
+            has_labels=has_labels,
             xyz_quantum_m=self.xyz_quantum_m,
             shards=list(self._entries),
+            partial_features=self.partial_features,
+            feature_samples={name: tally.feature_samples[name] for name in layout.names},
+            dropped_features={n: c for n, c in sorted(tally.feature_samples.items()) if n not in layout.names},
+            labelled_samples=tally.labelled,
+            shifted_samples=tally.shifted,
+            integer_samples=tally.from_integers,
         )
         keep = {entry.file for entry in self._entries}
         for stale in self.out_dir.glob(SHARD_GLOB):
@@ -290,99 +355,73 @@ class ShardWriter:
         return index
 
     def _check(self, sample: Sample) -> None:
-        """Every sample of a dataset has the same feature names/channels and labels-or-not."""
+        """Points are [P > 0, 3], each feature has one row per point and the same channels in every sample."""
         points = np.asarray(sample.points)
         if points.ndim != 2 or points.shape[1] != 3 or points.shape[0] == 0:
             raise DataError(f"sample {sample.sample_id}: points have shape {points.shape}, expected (P>0, 3)")
-        columns = _feature_columns(sample)
-        names = tuple(sorted(columns))
-        channels = tuple(columns[n].shape[1] for n in names)
-        if self._layout is None:
-            all_uint8 = all(columns[n].dtype == np.uint8 for n in names)
-            self._layout = _FeatureLayout(names, channels, np.dtype(np.uint8 if all_uint8 else np.float32))
-        elif (names, channels) != (self._layout.names, self._layout.channels):
-            raise DataError(
-                f"sample {sample.sample_id}: features {dict(zip(names, channels, strict=True))} differ "
-                f"from the dataset's {dict(zip(self._layout.names, self._layout.channels, strict=True))}; "
-                "all samples of a dataset need the same feature names"
-            )
-        elif self._layout.dtype == np.uint8 and any(columns[n].dtype != np.uint8 for n in names):
-            raise DataError(f"sample {sample.sample_id}: features are not uint8 like the dataset's first")
-        has_labels = sample.labels is not None
-        if self._has_labels is None:
-            self._has_labels = has_labels
-        elif has_labels != self._has_labels:
-            raise DataError(
-                f"sample {sample.sample_id}: {'has' if has_labels else 'lacks'} labels, unlike the "
-                "dataset's first sample; all samples need labels or none"
-            )
-        if has_labels and np.shape(sample.labels) != (sample.num_points,):
+        if sample.labels is not None and np.shape(sample.labels) != (sample.num_points,):
             raise DataError(
                 f"sample {sample.sample_id}: labels have shape {np.shape(sample.labels)}, "
                 f"expected ({sample.num_points},)"
             )
+        if np.shape(sample.origin) != (3,):
+            raise DataError(f"sample {sample.sample_id}: origin has shape {np.shape(sample.origin)}, expected (3,)")
+        self._tally.add(sample, feature_columns(sample))
 
     def _flush(self) -> None:
-        """Write the pending samples as the next shard (temp file, then rename) and record it."""
+        """Write the pending samples as the next shard, laid out for the features and labels they have."""
         samples, self._pending = self._pending, []
-        name = shard_name(len(self._entries))
+        layout = self._tally.layout({name for s in samples for name in s.features})
+        has_labels = any(s.labels is not None for s in samples)
+        arrays = arrays_from_samples(samples, layout, has_labels, self._points(samples))
+        self._entries.append(self._write(len(self._entries), arrays))
+        self._written.append((layout, has_labels))
+
+    def _rewrite(self, k: int, layout: FeatureLayout, has_labels: bool) -> None:
+        """Shard k again with the dataset's final layout (a later sample brought a feature or labels)."""
+        arrays = read_arrays(str(self.out_dir / self._entries[k].file))
+        self._entries[k] = self._write(k, relayout(arrays, layout, has_labels))
+        self._written[k] = (layout, has_labels)
+
+    def _write(self, k: int, arrays: ShardArrays) -> ShardEntry:
+        """Write shard k (temp file, then rename) and return its index entry."""
+        name = shard_name(k)
         dest = self.out_dir / name
-        counts = np.array([s.num_points for s in samples], dtype=np.int64)
-        offsets = np.zeros(len(samples) + 1, dtype=np.int64)
-        np.cumsum(counts, out=offsets[1:])
         with atomic_path(dest) as tmp, h5py.File(tmp, "w", libver=HDF5_LIBVER, track_times=False) as h5:
-            self._write_arrays(h5, samples, offsets)
-        first = self._entries[-1].first_sample + self._entries[-1].num_samples if self._entries else 0
-        self._entries.append(
-            ShardEntry(
-                file=name,
-                sha256=sha256_file(dest),
-                num_samples=len(samples),
-                num_points=int(offsets[-1]),
-                first_sample=first,
-                num_bytes=dest.stat().st_size,
-            )
+            write_arrays(h5, arrays, self._dataset)
+            if self.xyz_quantum_m is not None:
+                h5["points"].attrs["xyz_quantum_m"] = self.xyz_quantum_m
+            self._write_attrs(h5, arrays)
+        first = self._entries[k - 1].first_sample + self._entries[k - 1].num_samples if k else 0
+        return ShardEntry(
+            file=name,
+            sha256=sha256_file(dest),
+            num_samples=len(arrays.sample_ids),
+            num_points=int(arrays.offsets[-1]),
+            first_sample=first,
+            num_bytes=dest.stat().st_size,
         )
 
-    def _write_arrays(self, h5: h5py.File, samples: list[Sample], offsets: np.ndarray) -> None:
-        layout = self._layout
-        assert layout is not None
-        if self.xyz_quantum_m is None:
-            points = np.concatenate([s.points for s in samples]).astype(np.float32, copy=False)
-            self._dataset(h5, "points", points)
-        else:
-            points_ds = self._dataset(h5, "points", self._quantise(samples, offsets))
-            points_ds.attrs["xyz_quantum_m"] = self.xyz_quantum_m
-        if layout.names:
-            columns = [_feature_columns(s) for s in samples]
-            features = np.concatenate([np.concatenate([c[n] for n in layout.names], axis=1) for c in columns]).astype(
-                layout.dtype, copy=False
-            )
-            self._dataset(h5, "features", features)
-        if self._has_labels:
-            labels = np.concatenate([np.asarray(s.labels) for s in samples]).astype(np.int64, copy=False)
-            self._dataset(h5, "labels", labels.astype(_smallest_int(labels, samples)))
-        h5.create_dataset("offsets", data=offsets, track_times=False)
-        ids = np.array([s.sample_id.encode() for s in samples], dtype=object)
-        h5.create_dataset("sample_id", data=ids, dtype=h5py.string_dtype("utf-8"), track_times=False)
+    def _write_attrs(self, h5: h5py.File, arrays: ShardArrays) -> None:
         attrs = h5.attrs
         attrs["schema_version"] = SCHEMA_VERSION
         attrs["dataset"] = self.dataset
         attrs["source"] = self.source
-        attrs["feature_names"] = list(layout.names)
-        attrs["feature_channels"] = np.array(layout.channels, dtype=np.int64)
+        attrs["feature_names"] = list(arrays.layout.names)
+        attrs["feature_channels"] = np.array(arrays.layout.channels, dtype=np.int64)
         attrs["params"] = self.params_json
         attrs["tool_version"] = __version__
-        attrs["num_samples"] = len(samples)
-        attrs["num_points"] = int(offsets[-1])
+        attrs["num_samples"] = len(arrays.sample_ids)
+        attrs["num_points"] = int(arrays.offsets[-1])
 
-    def _quantise(self, samples: list[Sample], offsets: np.ndarray) -> np.ndarray:
-        """round(xyz / quantum) as int16 when the whole shard fits, else int32."""
-        assert self.xyz_quantum_m is not None
+    def _points(self, samples: list[Sample]) -> np.ndarray:
+        """The shard's xyz: float32 metres, or round(xyz / quantum) as int16 when the shard fits, else int32."""
+        if self.xyz_quantum_m is None:
+            return np.concatenate([s.points for s in samples]).astype(np.float32, copy=False)
         widest = QUANTISED_XYZ_WIDE
-        steps = np.empty((int(offsets[-1]), 3), dtype=widest.dtype)
-        low, high = 0.0, 0.0
-        for sample, start, stop in zip(samples, offsets[:-1], offsets[1:], strict=True):
+        steps = np.empty((sum(s.num_points for s in samples), 3), dtype=widest.dtype)
+        low, high, start = 0.0, 0.0, 0
+        for sample in samples:
             # one sample at a time: the float64 temporaries stay in cache
             rounded = np.rint(np.divide(sample.points, self.xyz_quantum_m, dtype=np.float64))
             sample_low, sample_high = rounded.min(), rounded.max()
@@ -391,7 +430,8 @@ class ShardWriter:
                     f"sample {sample.sample_id}: coordinates out of range for xyz_quantum_m="
                     f"{self.xyz_quantum_m} (non-finite or beyond {widest.max} steps)"
                 )
-            steps[start:stop] = rounded
+            steps[start : start + sample.num_points] = rounded
+            start += sample.num_points
             low, high = min(low, sample_low), max(high, sample_high)
         narrow = QUANTISED_XYZ_NARROW
         return steps.astype(narrow.dtype) if narrow.min <= low and high <= narrow.max else steps
@@ -408,16 +448,3 @@ class ShardWriter:
             track_times=False,
             **filter_options(self.compression, self.compression_level, data.dtype),
         )
-
-
-def _smallest_int(labels: np.ndarray, samples: list[Sample]) -> np.dtype:
-    """The smallest signed integer type that holds every label of the shard."""
-    if labels.size == 0:
-        return LABEL_DTYPES[0]
-    low, high = int(labels.min()), int(labels.max())
-    for dtype in LABEL_DTYPES:
-        info = np.iinfo(dtype)
-        if info.min <= low and high <= info.max:
-            return dtype
-    ids = ", ".join(s.sample_id for s in samples[:3])
-    raise DataError(f"labels of samples ({ids}, ...) exceed int32 range [{low}, {high}]")

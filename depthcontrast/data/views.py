@@ -14,6 +14,7 @@ randomness comes from a generator of its own, so the point views are the same wi
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ from depthcontrast.data.point_features import InputFeatures
 from depthcontrast.data.shard_dataset import ShardDataset
 from depthcontrast.data.voxelize import VoxelGrid, Voxels, collate_voxels, voxelize
 from depthcontrast.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 AUGMENTATION_PRESETS = {"indoor": INDOOR_SEED_AUGMENTATIONS, "lidar": LIDAR_SEED_AUGMENTATIONS}
 RESAMPLERS = ("resample", "resample_lidar")
@@ -64,6 +67,23 @@ def augmentation_specs(
     return specs
 
 
+def _check_input_features(dataset: ShardDataset, reader: str, wanted: InputFeatures) -> None:
+    """The shards store every feature the `reader` block reads; one that only some samples have is logged."""
+    missing = wanted.missing_from(dataset.feature_names)
+    if missing:
+        have = ", ".join(dataset.feature_names) or "none"
+        raise ConfigError(
+            f"{dataset.shard_dir}: the {reader} reads {missing} but these shards have features: {have}; "
+            f"pretrain on data that has them (preprocess.keep_features) or set {reader}.features: []"
+        )
+    for name in wanted.names:
+        if dataset.feature_samples(name) < len(dataset):
+            log.warning(
+                "%s: %s in only %d of %d samples: the %s reads zeros for the others",
+                dataset.shard_dir, name, dataset.feature_samples(name), len(dataset), reader,
+            )  # fmt: skip
+
+
 class TwoViewDataset(Dataset):
     """Item i → {"view_a": float32 [N, 3 + C], "view_b": ..., "index": i}, over several shard dirs.
 
@@ -90,13 +110,7 @@ class TwoViewDataset(Dataset):
         shards = [ShardDataset(Path(d), verify=verify) for d in shard_dirs]
         for dataset in shards:
             for reader, wanted in (("backbone", features), ("voxel_backbone", voxel_features)):
-                missing = wanted.missing_from(dataset.feature_names)
-                if missing:
-                    have = ", ".join(dataset.feature_names) or "none"
-                    raise ConfigError(
-                        f"{dataset.shard_dir}: the {reader} reads {missing} but these shards have features: {have}; "
-                        f"pretrain on data that has them (preprocess.keep_features) or set {reader}.features: []"
-                    )
+                _check_input_features(dataset, reader, wanted)
         if verify:  # once here, before workers fork: they inherit the result instead of each re-hashing
             for dataset in shards:
                 dataset.verify_all()
@@ -147,7 +161,7 @@ class TwoViewDataset(Dataset):
         shard = self.shards[int(np.searchsorted(self.source.cumulative_sizes, index, side="right"))]
         return wanted.columns(
             len(item["points"]), item.get("features"), shard.feature_names, shard.index.feature_channels,
-            source=f"{shard.shard_dir}: {item['sample_id']}",
+            source=f"{shard.shard_dir}: {item['sample_id']}", present=item.get("features_present"),
         )  # fmt: skip
 
     def _array(self, view: PointCloud) -> np.ndarray:

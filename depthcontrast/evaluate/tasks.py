@@ -30,12 +30,13 @@ from pathlib import Path
 import numpy as np
 
 from depthcontrast.data.point_features import InputFeatures
+from depthcontrast.data.records import UNLABELLED
 from depthcontrast.data.shard_dataset import ShardDataset
 from depthcontrast.errors import DataError
 
 log = logging.getLogger(__name__)
 
-IGNORE_LABEL = -1
+IGNORE_LABEL = UNLABELLED  # points of unlabelled scans are neither scored nor trained on
 
 LIDAR_CLASSES = ("ground", "vegetation", "building", "other")
 LIDAR_ASPRS_TO_CLASS = {2: 0, 3: 1, 4: 1, 5: 1, 6: 2}
@@ -79,20 +80,26 @@ _LIDAR_TABLE = _lookup_table(ASPRS_CODES, LIDAR_ASPRS_TO_CLASS, LIDAR_OTHER, LID
 _INDOOR_TABLE = _lookup_table(INDOOR_LABELS, INDOOR_LABEL_TO_CLASS, IGNORE_LABEL)
 
 
+def _merged(raw: np.ndarray, table: np.ndarray, what: str) -> np.ndarray:
+    """table[raw], with UNLABELLED points (scans without labels) → IGNORE_LABEL; other values must index it."""
+    raw = np.asarray(raw)
+    labelled = raw != UNLABELLED
+    values = raw[labelled]
+    if values.size and (values.min() < 0 or values.max() >= len(table)):
+        raise DataError(f"{what} must be 0-{len(table) - 1} (or {UNLABELLED}), got {values.min()}..{values.max()}")
+    merged = np.full(raw.shape, IGNORE_LABEL, dtype=table.dtype)
+    merged[labelled] = table[values]
+    return merged
+
+
 def merge_lidar_labels(asprs: np.ndarray) -> np.ndarray:
-    """ASPRS codes → LIDAR_CLASSES indices (IGNORE_LABEL for noise)."""
-    asprs = np.asarray(asprs)
-    if asprs.size and (asprs.min() < 0 or asprs.max() >= ASPRS_CODES):
-        raise DataError(f"ASPRS classification codes must be 0-{ASPRS_CODES - 1}, got {asprs.min()}..{asprs.max()}")
-    return _LIDAR_TABLE[asprs]
+    """ASPRS codes → LIDAR_CLASSES indices (IGNORE_LABEL for noise and unlabelled points)."""
+    return _merged(asprs, _LIDAR_TABLE, "ASPRS classification codes")
 
 
 def merge_indoor_labels(labels: np.ndarray) -> np.ndarray:
-    """Built-in indoor class ids → INDOOR_CLASSES indices (IGNORE_LABEL for no_return)."""
-    labels = np.asarray(labels)
-    if labels.size and (labels.min() < 0 or labels.max() >= INDOOR_LABELS):
-        raise DataError(f"indoor class ids must be 0-{INDOOR_LABELS - 1}, got {labels.min()}..{labels.max()}")
-    return _INDOOR_TABLE[labels]
+    """Built-in indoor class ids → INDOOR_CLASSES indices (IGNORE_LABEL for no_return and unlabelled points)."""
+    return _merged(labels, _INDOOR_TABLE, "indoor class ids")
 
 
 @dataclass(frozen=True)
@@ -178,6 +185,7 @@ def load_samples(
                 columns = features.columns(
                     len(points), item.get("features"), dataset.feature_names, dataset.index.feature_channels,
                     source=f"{shard_dir}: {item['sample_id']}", missing_as_zeros=True,
+                    present=item.get("features_present"),
                 )  # fmt: skip
                 points = np.concatenate([points, columns], axis=1)
             samples.points.append(points)

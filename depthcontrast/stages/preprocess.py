@@ -10,17 +10,18 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from depthcontrast.data.checks import rejection_reason, select_outputs, subsample
-from depthcontrast.data.formats import decode_unit, plan_units
-from depthcontrast.data.manifest import read_manifest
-from depthcontrast.data.records import QuarantineEntry, Sample
-from depthcontrast.data.shards import ShardWriter
+from depthcontrast.data.checks import SampleLimits, rejection_reason, select_outputs, subsample
+from depthcontrast.data.formats import decode_unit, plan_dataset
+from depthcontrast.data.manifest import Manifest, read_manifest
+from depthcontrast.data.records import UNLABELLED, QuarantineEntry, Sample
+from depthcontrast.data.shards import ShardIndex, ShardWriter
 from depthcontrast.errors import DataError
-from depthcontrast.io_utils import atomic_write_json
+from depthcontrast.io_utils import atomic_write_json, sha256_file
 from depthcontrast.log import progress
 
 log = logging.getLogger(__name__)
 QUARANTINE_NAME = "quarantine.json"
+TOP_REASONS_SHOWN = 3
 # spawn: workers never inherit open HDF5/open3d state from the parent
 WORKER_START_METHOD = "spawn"
 
@@ -42,21 +43,25 @@ def run_preprocess(
     """Turn the dataset's raw files into shards under `out_dir`; return a summary.
 
     `settings` is the dataset's validated config entry (its `format` and `preprocess` blocks are used).
-    Outputs: shard-*.h5, quarantine.json, and index.json (written last: its presence means done).
+    Outputs: shard-*.h5, quarantine.json (also when nothing was usable), and index.json (written last:
+    its presence means done).
     """
     fmt, params = settings["format"], settings["preprocess"]
     manifest = read_manifest(manifest_path)
-    _check_raw_files_present(manifest)
-    units = plan_units(manifest, fmt, dataset)
+    check_raw_files_unchanged(manifest, manifest_path)
+    plan = plan_dataset(manifest, fmt, dataset)
     log.info(
         "preprocess %s: %d units from %d raw files, %d workers",
         dataset,
-        len(units),
+        len(plan.units),
         len(manifest.files),
         workers,
     )
-    quarantine: list[QuarantineEntry] = []
-    features = FeatureSetPolicy()
+    quarantine = [
+        QuarantineEntry(rel, None, "unknown_format", f"{rel}: no known point format (by its extension); skipped")
+        for rel in plan.skipped
+    ]
+    limits = SampleLimits.of_preprocess(params)
     kept = 0
     writer = ShardWriter(
         out_dir,
@@ -67,33 +72,30 @@ def run_preprocess(
         compression=params["compression"],
         compression_level=params["compression_level"],
         xyz_quantum_m=params["xyz_quantum_m"],
+        partial_features=params["partial_features"],
     )
     with writer:
         for unit, results in progress(
-            zip(units, _decoded(units, fmt, workers), strict=True),
+            zip(plan.units, _decoded(plan.units, fmt, workers), strict=True),
             desc=f"preprocess {dataset}",
-            total=len(units),
+            total=len(plan.units),
             unit="file",
         ):
             for item in results:
-                if isinstance(item, QuarantineEntry):
-                    quarantine.append(item)
-                    continue
-                entry = _accept(item, unit.source, params)
-                if not isinstance(entry, QuarantineEntry):
-                    entry = features.apply(entry, unit.source)
+                entry = item if isinstance(item, QuarantineEntry) else _accept(item, unit.source, params, limits)
                 if isinstance(entry, QuarantineEntry):
+                    log.info("quarantined (%s) %s", entry.reason, _described(entry))
                     quarantine.append(entry)
                 else:
                     writer.add(entry)
                     kept += 1
+        _write_quarantine(out_dir / QUARANTINE_NAME, dataset, quarantine)
         if kept == 0:
             raise DataError(
-                f"{manifest_path}: no usable samples in dataset {dataset!r} "
-                f"({len(quarantine)} quarantined; see the reasons with --debug or in the log)"
+                f"{manifest_path}: no usable samples in dataset {dataset!r}: {_top_reasons(quarantine)}; "
+                f"every file and its reason: {out_dir / QUARANTINE_NAME}"
             )
-        _write_quarantine(out_dir / QUARANTINE_NAME, dataset, quarantine)
-    features.log_summary(dataset)
+    _log_dataset_rules(dataset, writer.index)
     reasons = Counter(entry.reason for entry in quarantine)
     log.info(
         "preprocess %s: %d samples kept, %d quarantined %s",
@@ -105,42 +107,62 @@ def run_preprocess(
     return {"samples": kept, "quarantined": len(quarantine), "reasons": dict(reasons)}
 
 
-class FeatureSetPolicy:
-    """One feature set per dataset, fixed by its first kept sample (shards need one column layout).
+def _top_reasons(entries: list[QuarantineEntry]) -> str:
+    """'12 unreadable (a.ply: ...), 3 degenerate (...)': the commonest reasons with an example each."""
+    if not entries:
+        return "the dataset has no files of a point format"
+    counts = Counter(entry.reason for entry in entries).most_common(TOP_REASONS_SHOWN)
+    first = {}
+    for entry in entries:
+        first.setdefault(entry.reason, _described(entry))
+    shown = ", ".join(f"{count} {reason} (first: {first[reason]})" for reason, count in counts)
+    more = len({entry.reason for entry in entries}) - len(counts)
+    return f"{len(entries)} left out: {shown}" + (f", and {more} other reasons" if more > 0 else "")
 
-    A later sample with extra features is trimmed to the set (counted and logged); one lacking a
-    feature of the set is quarantined as `missing_features`, never padded with invented values.
-    """
 
-    def __init__(self) -> None:
-        self.names: set[str] | None = None
-        self.trimmed = 0
+def _described(entry: QuarantineEntry) -> str:
+    """The entry's detail, led by its raw file unless the detail names it already."""
+    return entry.detail if entry.source in entry.detail else f"{entry.source}: {entry.detail}"
 
-    def apply(self, sample: Sample, source: str) -> Sample | QuarantineEntry:
-        present = set(sample.features)
-        if self.names is None:
-            self.names = present
-        missing = self.names - present
-        if missing:
-            detail = f"lacks {sorted(missing)} that this dataset's samples have; set preprocess.keep_features"
-            return QuarantineEntry(source=source, sample_id=sample.sample_id, reason="missing_features", detail=detail)
-        if present - self.names:
-            self.trimmed += 1
-            sample.features = {name: sample.features[name] for name in sorted(self.names)}
-        return sample
 
-    def log_summary(self, dataset: str) -> None:
-        if self.trimmed:
+def _log_dataset_rules(dataset: str, index: ShardIndex | None) -> None:
+    """State once how features, labels and coordinates were decided for the whole dataset, with counts."""
+    if index is None:
+        return
+    total = index.num_samples
+    for name, count in index.feature_samples.items():
+        if count < total:
             log.warning(
-                "preprocess %s: kept only features %s (those of the first sample) in %d samples",
-                dataset,
-                sorted(self.names or ()),
-                self.trimmed,
-            )
+                "preprocess %s: feature %s in %d of %d samples (partial_features: keep): stored as 0 and marked "
+                "absent in the others' feature_present record",
+                dataset, name, count, total,
+            )  # fmt: skip
+    for name, count in index.dropped_features.items():
+        log.warning(
+            "preprocess %s: feature %s in only %d of %d samples: left out of the whole dataset (partial_features: "
+            "drop; set keep to store it with a per-sample presence record)",
+            dataset, name, count, total,
+        )  # fmt: skip
+    if index.has_labels and index.labelled_samples < total:
+        log.warning(
+            "preprocess %s: labels in %d of %d samples; every point of the other %d is stored as %d (unlabelled)",
+            dataset, index.labelled_samples, total, total - index.labelled_samples, UNLABELLED,
+        )  # fmt: skip
+    if index.shifted_samples:
+        log.info(
+            "preprocess %s: %d samples stored relative to a local origin (float32 precision); the shards keep "
+            "each origin", dataset, index.shifted_samples,
+        )  # fmt: skip
+    if index.integer_samples:
+        unit = index.params["format"]["integer_unit_m"]
+        log.info("preprocess %s: %d samples had integer coordinates, converted at %g m per step "
+                 "(format.integer_unit_m)", dataset, index.integer_samples, unit)  # fmt: skip
 
 
-def _accept(sample: Sample, source: str, params: dict[str, Any]) -> Sample | QuarantineEntry:
-    rejected = rejection_reason(sample, params["min_points"])
+def _accept(
+    sample: Sample, source: str, params: dict[str, Any], limits: SampleLimits
+) -> Sample | QuarantineEntry:
+    rejected = rejection_reason(sample, limits)
     if rejected is not None:
         reason, detail = rejected
         return QuarantineEntry(source=source, sample_id=sample.sample_id, reason=reason, detail=detail)
@@ -148,19 +170,30 @@ def _accept(sample: Sample, source: str, params: dict[str, Any]) -> Sample | Qua
     return select_outputs(sample, params["keep_features"], params["keep_labels"])
 
 
-def _check_raw_files_present(manifest) -> None:
+def check_raw_files_unchanged(manifest: Manifest, manifest_path: Path) -> None:
+    """Every listed raw file exists with its size; one whose modification time moved (or with no time in an
+    old manifest) is hashed against the manifest's sha256. A difference is a DataError naming the file."""
+    rerun = "rerun the download stage (snakemake --forcerun download, or depthcontrast download) to list it anew"
     for raw in manifest.files:
         path = manifest.abs_path(raw)
         if not path.is_file():
-            raise DataError(f"{path}: listed in the {manifest.dataset} manifest but missing; rerun download")
-        if path.stat().st_size != raw.size:
+            raise DataError(f"{path}: listed in {manifest_path} but missing; {rerun}")
+        stat = path.stat()
+        if stat.st_size != raw.size:
             raise DataError(
-                f"{path}: size {path.stat().st_size} differs from the manifest's {raw.size}; "
-                "the raw file changed since download: rerun the download stage"
+                f"{path}: size {stat.st_size} differs from the {raw.size} bytes in {manifest_path}: the file changed "
+                f"since download; {rerun}"
+            )
+        if raw.mtime_ns == stat.st_mtime_ns:
+            continue
+        if sha256_file(path) != raw.sha256:
+            raise DataError(
+                f"{path}: content changed since download (same size, sha256 differs from {manifest_path}); {rerun}"
             )
 
 
 def _write_quarantine(path: Path, dataset: str, entries: list[QuarantineEntry]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(
         path,
         {

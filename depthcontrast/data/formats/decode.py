@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from depthcontrast.data.coordinates import CoordinateRules, to_float32_metres
 from depthcontrast.data.formats.base import Unit
 from depthcontrast.data.formats.depth_png import decode_depth_png
 from depthcontrast.data.formats.redwood import decode_redwood
@@ -35,27 +37,43 @@ def crop_to_range(sample: Sample, point_range: Sequence[float]) -> Sample:
     points = sample.points
     inside = ((points >= low) & (points <= high)).all(axis=1)
     keep = inside | ~np.isfinite(points).all(axis=1)
-    return Sample(
-        sample.sample_id,
-        points[keep],
-        {name: values[keep] for name, values in sample.features.items()},
-        None if sample.labels is None else sample.labels[keep],
+    return replace(
+        sample,
+        points=points[keep],
+        features={name: values[keep] for name, values in sample.features.items()},
+        labels=None if sample.labels is None else sample.labels[keep],
     )
 
 
 def _decode(unit: Unit, fmt: dict) -> Decoded:
     reader = FILE_READERS.get(unit.format)
     if reader is not None:
-        return [reader(Path(unit.path), unit.sample_prefix)]
+        path = Path(unit.path)
+        if path.is_file() and path.stat().st_size == 0:
+            raise SampleError("empty", f"{path}: empty file (0 bytes)")
+        return [reader(path, unit.sample_prefix)]
     return list(SEQUENCE_DECODERS[unit.format](unit, fmt))
+
+
+def _finished(result: Sample | QuarantineEntry, unit: Unit, fmt: dict) -> Sample | QuarantineEntry:
+    """A decoded sample in float32 metres, cropped to `format.point_range`; a quarantine entry as it is."""
+    if not isinstance(result, Sample):
+        return result
+    try:
+        sample = to_float32_metres(result, CoordinateRules.of_format(fmt), unit.source)
+    except SampleError as err:
+        return QuarantineEntry(unit.source, result.sample_id, err.reason, err.detail)
+    point_range = fmt.get("point_range")
+    return sample if point_range is None else crop_to_range(sample, point_range)
 
 
 def decode_unit(unit: Unit, fmt: dict) -> Decoded:
     """Samples of one unit, in order; never raises for bad data.
 
     A file that cannot be read becomes one QuarantineEntry with sample_id None; a bad frame inside a
-    good sequence becomes a QuarantineEntry for that frame. `format.point_range` crops every sample.
-    NaN/inf, empty and too-small samples are left for the preprocess stage to judge.
+    good sequence becomes a QuarantineEntry for that frame. Coordinates become float32 metres
+    (coordinates.py), then `format.point_range` crops every sample. NaN/inf, empty, out-of-range,
+    degenerate and too-small samples are left for the preprocess stage to judge.
     """
     if "mismatch" in unit.options:
         return [QuarantineEntry(unit.source, None, "unreadable", unit.options["mismatch"])]
@@ -63,7 +81,4 @@ def decode_unit(unit: Unit, fmt: dict) -> Decoded:
         results = _decode(unit, fmt)
     except SampleError as err:
         return [QuarantineEntry(unit.source, None, err.reason, err.detail)]
-    point_range = fmt.get("point_range")
-    if point_range is None:
-        return results
-    return [crop_to_range(r, point_range) if isinstance(r, Sample) else r for r in results]
+    return [_finished(result, unit, fmt) for result in results]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from depthcontrast.data.formats import depth_png, redwood, waymo
@@ -123,7 +124,20 @@ def _waymo_units(rels: list[str], root: Path, fmt: dict, dataset: str) -> list[U
     return units + [Unit(r, str(root / r), "waymo", _sample_id(dataset, _without_suffix(r))) for r in frames]
 
 
+@dataclass(frozen=True)
+class Plan:
+    """A dataset's work units in sample order, and the files of no known point format it skips."""
+
+    units: list[Unit]
+    skipped: list[str]
+
+
 def plan_units(manifest: Manifest, fmt: dict, dataset: str) -> list[Unit]:
+    """The work units of `plan_dataset` (without the skipped files)."""
+    return plan_dataset(manifest, fmt, dataset).units
+
+
+def plan_dataset(manifest: Manifest, fmt: dict, dataset: str) -> Plan:
     """Work units for a manifest's files, sorted by sample id (natural order).
 
     `fmt` is the validated `format` config block. With `name: auto` the format comes from the source
@@ -165,7 +179,7 @@ def plan_units(manifest: Manifest, fmt: dict, dataset: str) -> list[Unit]:
     units += _depth_png_units(by_format["depth_png"], files, root, fmt, dataset)
     units += _redwood_units(by_format["redwood"], files, root, dataset)
     units += _waymo_units(by_format["waymo"], root, fmt, dataset)
-    return _sorted_unique(units)
+    return Plan(_sorted_unique(units), skipped)
 
 
 def _sorted_unique(units: list[Unit]) -> list[Unit]:
