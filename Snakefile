@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-from depthcontrast.config import validate_config
+from depthcontrast.config import validate_workflow_config
 from depthcontrast.errors import ConfigError
 
 
@@ -13,8 +13,8 @@ configfile: "config.yaml"
 report: "report/workflow.rst"
 
 
-try:
-    config.update(validate_config(config, source="config (config.yaml + --config overrides)"))
+try:  # an error names the config file (or the --config overrides) that sets the key
+    config.update(validate_workflow_config(config, workflow))
 except ConfigError as error:
     sys.exit(f"depthcontrast: error: {error}")
 

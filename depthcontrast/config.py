@@ -1,8 +1,12 @@
-"""Load config.yaml, validate it against the schema, fill defaults, and report errors in one line."""
+"""Load config.yaml, validate it against the schema, fill defaults, and report errors in one line: the key, what is
+wrong, and the file that sets it (of the files and --config overrides Snakemake merged)."""
 
 from __future__ import annotations
 
 import copy
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -50,23 +54,99 @@ def _with_defaults(validator_class: type) -> type:
 _DefaultFillingValidator = _with_defaults(Draft202012Validator)
 
 
-def _key_path(error: ValidationError) -> str:
-    return ".".join(str(part) for part in error.absolute_path) or "<top level>"
+Key = tuple[str | int, ...]  # a path into the config: ("pretrain", "demo", "optimizer", "lr")
 
 
-def _one_line(error: ValidationError, source: str) -> str:
-    where = _key_path(error)
+class ConfigKeyError(ConfigError):
+    """A ConfigError about one key: `key` is where the message points, `blame` the key whose value is at fault
+    (for an unknown key: the unknown key itself), `detail` the message after the key, `hint` what to write."""
+
+    def __init__(self, source: str, key: Key, detail: str, blame: Key | None = None, hint: str = ""):
+        super().__init__(f"{source}: {dotted(key)}: {detail}{hint}")
+        self.source, self.key, self.detail, self.hint = source, key, detail, hint
+        self.blame = key if blame is None else blame
+
+    def __reduce__(self) -> tuple[type, tuple[Any, ...]]:  # pickles (into and out of worker processes) whole
+        return type(self), (self.source, self.key, self.detail, self.blame, self.hint)
+
+    def with_source(self, source: str, hint: str | None = None) -> ConfigKeyError:
+        """The same error, naming another source (the one file that sets the key), with another hint if given."""
+        return ConfigKeyError(source, self.key, self.detail, self.blame, self.hint if hint is None else hint)
+
+
+def dotted(key: Key) -> str:
+    """`pretrain.demo.optimizer.lr`; the empty key is `<top level>`."""
+    return ".".join(str(part) for part in key) or "<top level>"
+
+
+def yaml_number_hint(value: Any, integer: bool = False) -> str:
+    """' (YAML reads 1e-3 as text: write 1.0e-3)' when `value` is text that Python reads as a number, else ''.
+
+    PyYAML follows YAML 1.1: a float needs a dot and a signed exponent, so 1e-3 and 1.0e9 stay strings; a
+    number YAML does read (0.1) is text only in quotes. With `integer`, the spelling is the whole number
+    (5e4 -> 50000), and a fraction gets no hint.
+    """
+    number = _text_number(value)
+    if number is None or (integer and not number.is_integer()):
+        return ""
+    spelling = str(int(number)) if integer else _yaml_float(value.strip().lower())
+    if _yaml_number(spelling) != number:  # the advice must itself read back as the number
+        return ""
+    if _yaml_number(value) is not None:
+        return f" (in quotes, so text: write {spelling} without quotes)"
+    return f" (YAML reads {value} as text: write {spelling})"
+
+
+def _text_number(value: Any) -> float | None:
+    """The finite number that the text `value` spells for Python, else None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _yaml_number(text: str) -> float | None:
+    """The number YAML reads from the plain scalar `text`, else None."""
+    value = yaml.safe_load(text)
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _yaml_float(text: str) -> str:
+    """`text` (a float Python reads) spelled so that YAML 1.1 reads it too: 1e-3 -> 1.0e-3, 1.0e9 -> 1.0e+9."""
+    mantissa, _, exponent = text.partition("e")
+    if "." not in mantissa:
+        mantissa += ".0"
+    if exponent and exponent[0] not in "+-":
+        exponent = "+" + exponent
+    return f"{mantissa}e{exponent}" if exponent else mantissa
+
+
+def _type_hint(error: ValidationError) -> str:
+    """The YAML-number hint of a type error where a number or an integer was expected."""
+    expected = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+    if "number" in expected:
+        return yaml_number_hint(error.instance)
+    return yaml_number_hint(error.instance, integer=True) if "integer" in expected else ""
+
+
+def _schema_error(error: ValidationError, source: str) -> ConfigKeyError:
+    """One line for the schema error: the key, what is wrong and, where it helps, what is allowed."""
+    key = tuple(error.absolute_path)
     if error.validator in ("additionalProperties", "unevaluatedProperties"):
         allowed = sorted(error.schema.get("properties", {}))
         extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
         keys = ", ".join(repr(k) for k in extra) or "?"
-        return f"{source}: {where}: unknown key {keys} (allowed: {', '.join(allowed)})"
+        blame = (*key, extra[0]) if extra else key
+        return ConfigKeyError(source, key, f"unknown key {keys} (allowed: {', '.join(allowed)})", blame)
     if error.validator == "enum":
         allowed = ", ".join(repr(v) for v in error.validator_value)
-        return f"{source}: {where}: {error.instance!r} is not allowed (allowed: {allowed})"
-    if error.validator == "required":
-        return f"{source}: {where}: {error.message}"
-    return f"{source}: {where}: {error.message}"
+        return ConfigKeyError(source, key, f"{error.instance!r} is not allowed (allowed: {allowed})")
+    if error.validator == "type":
+        return ConfigKeyError(source, key, error.message, hint=_type_hint(error))
+    return ConfigKeyError(source, key, error.message)
 
 
 def validate_config(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
@@ -76,13 +156,13 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
     validator = _DefaultFillingValidator(load_schema())
     errors = list(validator.iter_errors(filled))
     if errors:
-        raise ConfigError(_one_line(_deepest(errors), source))
+        raise _schema_error(_deepest(errors), source)
     expand_sweeps(filled, source)  # the sweeps' runs join `pretrain:` and are checked like the others
     filled.pop("sweeps")
     # a second pass: defaults filled inside conditional branches, and the sweeps' runs, are checked only now
     errors = list(_DefaultFillingValidator(load_schema()).iter_errors(filled))
     if errors:
-        raise ConfigError(_one_line(_deepest(errors), source))
+        raise _schema_error(_deepest(errors), source)
     for run in filled["pretrain"].values():
         run.setdefault("export_targets", default_export_targets(run_encoders(run)))
     _check_references(filled, source)
@@ -91,45 +171,60 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
 
 def _check_references(config: dict[str, Any], source: str) -> None:
     """Cross-key checks the schema cannot express: runs and evaluation tasks name configured datasets, a run's
-    export targets fit its encoders, and its time-limit signal comes before its time limit."""
+    export targets fit its encoders, its time-limit signal comes before its time limit, and a dataset's
+    max_points is not below its min_points."""
+    known = ", ".join(sorted(config["datasets"]))
+    for name, dataset in config["datasets"].items():
+        _check_point_limits(name, dataset["preprocess"], source)
     for task, settings in config["evaluate"]["tasks"].items():
         if settings["dataset"] not in config["datasets"]:
-            known = ", ".join(sorted(config["datasets"]))
-            name = settings["dataset"]
-            raise ConfigError(f"{source}: evaluate.tasks.{task}.dataset: {name!r} is not a configured dataset: {known}")
+            detail = f"{settings['dataset']!r} is not a configured dataset: {known}"
+            raise ConfigKeyError(source, ("evaluate", "tasks", task, "dataset"), detail)
     for job_name, job in config["external"].items():
         if job["run"] not in config["pretrain"]:
-            raise ConfigError(f"{source}: external.{job_name}.run: {job['run']!r} is not a pretraining run")
+            raise ConfigKeyError(source, ("external", job_name, "run"), f"{job['run']!r} is not a pretraining run")
         if job["target"] not in config["pretrain"][job["run"]]["export_targets"]:
-            raise ConfigError(
-                f"{source}: external.{job_name}.target: {job['target']!r} is not in "
-                f"pretrain.{job['run']}.export_targets"
-            )
+            detail = f"{job['target']!r} is not in pretrain.{job['run']}.export_targets"
+            raise ConfigKeyError(source, ("external", job_name, "target"), detail)
     for run, settings in config["pretrain"].items():
         for name in settings["datasets"]:
             if name not in config["datasets"]:
-                known = ", ".join(sorted(config["datasets"]))
-                raise ConfigError(f"{source}: pretrain.{run}.datasets: {name!r} is not a configured dataset ({known})")
+                detail = f"{name!r} is not a configured dataset ({known})"
+                raise ConfigKeyError(source, ("pretrain", run, "datasets"), detail)
         _check_encoders(run, settings, source)
         resources = settings["resources"]
         if resources["signal_before_limit_s"] >= 60 * resources["runtime"]:
-            raise ConfigError(
-                f"{source}: pretrain.{run}.resources: signal_before_limit_s ({resources['signal_before_limit_s']}) "
-                f"must be shorter than runtime ({resources['runtime']} min), or every attempt stops at once"
+            detail = (
+                f"signal_before_limit_s ({resources['signal_before_limit_s']}) must be shorter than runtime "
+                f"({resources['runtime']} min), or every attempt stops at once"
             )
+            raise ConfigKeyError(source, ("pretrain", run, "resources"), detail)
+
+
+def _check_point_limits(name: str, preprocess: dict[str, Any], source: str) -> None:
+    """max_points (null: keep all) is at least min_points: samples are checked against min_points, then cut."""
+    low, high = preprocess["min_points"], preprocess["max_points"]
+    if high is not None and high < low:
+        detail = (
+            f"max_points ({high}) is below min_points ({low}): every sample would be cut below the minimum; "
+            "raise max_points (or null) or lower min_points"
+        )
+        raise ConfigKeyError(source, ("datasets", name, "preprocess"), detail)
 
 
 def _check_encoders(run: str, settings: dict[str, Any], source: str) -> None:
     """A voxel format has a voxel encoder, and every export target can be made from the run's encoders."""
     if "voxel" in (settings.get("formats") or []) and not settings.get("voxel_backbone"):
-        raise ConfigError(f"{source}: pretrain.{run}: formats lists voxel, but the run has no voxel_backbone block")
+        detail = "formats lists voxel, but the run has no voxel_backbone block"
+        raise ConfigKeyError(source, ("pretrain", run), detail, blame=("pretrain", run, "formats"))
     encoders = run_encoders(settings)
     for target in settings["export_targets"]:
         if source_format(target, encoders) is None:
-            raise ConfigError(
-                f"{source}: pretrain.{run}.export_targets: {target!r} needs {what_target_needs(target)}, but the run "
-                f"trains {describe_encoders(encoders)}; drop the target or change the backbone"
+            detail = (
+                f"{target!r} needs {what_target_needs(target)}, but the run trains {describe_encoders(encoders)}; "
+                "drop the target or change the backbone"
             )
+            raise ConfigKeyError(source, ("pretrain", run, "export_targets"), detail)
 
 
 def _deepest(errors: list[ValidationError]) -> ValidationError:
@@ -152,3 +247,77 @@ def load_config(path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
     return validate_config(raw, source=str(path))
+
+
+WORKFLOW_OVERRIDES = "--config overrides"
+# Snakemake's --config reads a top-level value as a number, but everything inside {...} as text
+OVERRIDE_TEXT_HINT = " (--config reads values inside {{...}} as text: set {key} in a --configfile)"
+
+
+@dataclass(frozen=True)
+class ConfigLayer:
+    """One source of a merged config: a config file, or the command line's --config overrides."""
+
+    name: str
+    values: Mapping[str, Any]
+
+
+def validate_layered_config(config: dict[str, Any], layers: Sequence[ConfigLayer]) -> dict[str, Any]:
+    """validate_config for `config` merged from `layers` (lowest precedence first): an error about one key names
+    the layer that sets it, any other error names them all."""
+    everything = " + ".join(layer.name for layer in layers) or "config"
+    try:
+        return validate_config(config, source=everything)
+    except ConfigKeyError as error:
+        layer = _defining_layer(error.blame, layers)
+        override_text = layer == WORKFLOW_OVERRIDES and error.hint
+        hint = OVERRIDE_TEXT_HINT.format(key=dotted(_without_indices(error.key))) if override_text else None
+        raise error.with_source(layer or everything, hint) from None
+
+
+def _without_indices(key: Key) -> Key:
+    """`key` up to the list it points into: evaluate.seeds.0 -> evaluate.seeds."""
+    while key and isinstance(key[-1], int):
+        key = key[:-1]
+    return key
+
+
+def _defining_layer(key: Key, layers: Sequence[ConfigLayer]) -> str | None:
+    """The highest-precedence layer that sets `key`; None when none does (a default, a sweep's run, the top)."""
+    if not key:
+        return None
+    return next((layer.name for layer in reversed(layers) if _sets(layer.values, key)), None)
+
+
+def _sets(values: Any, key: Key) -> bool:
+    """Whether the nested mappings and lists `values` hold `key`."""
+    for part in key:
+        in_list = isinstance(values, list) and isinstance(part, int) and part < len(values)
+        if not (in_list or (isinstance(values, Mapping) and part in values)):
+            return False
+        values = values[part]
+    return True
+
+
+def workflow_config_layers(workflow: Any) -> list[ConfigLayer]:
+    """The layers Snakemake merged into `config`, lowest precedence first: the Snakefile's `configfile:` (unless
+    --replace-workflow-config), each --configfile in order, then the --config overrides when there are any."""
+    given = [Path(path).absolute() for path in workflow.overwrite_configfiles]
+    settings = workflow.config_settings
+    own = [] if settings.replace_workflow_config else [
+        Path(path).absolute() for path in workflow.configfiles if Path(path).absolute() not in given
+    ]  # fmt: skip
+    layers = [ConfigLayer(_shown_path(path), yaml.safe_load(path.read_text()) or {}) for path in [*own, *given]]
+    if settings.config:
+        layers.append(ConfigLayer(WORKFLOW_OVERRIDES, settings.config))
+    return layers
+
+
+def _shown_path(path: Path) -> str:
+    """`path` relative to the working directory when it lies below it, else absolute."""
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+def validate_workflow_config(config: dict[str, Any], workflow: Any) -> dict[str, Any]:
+    """The Snakefile's validation: validate_layered_config on the layers of Snakemake's `workflow`."""
+    return validate_layered_config(config, workflow_config_layers(workflow))

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
 import pytest
 import yaml
+from snakemake.utils import update_config
 
 from depthcontrast.architectures import evaluated_tasks
-from depthcontrast.config import load_config, validate_config
+from depthcontrast.config import WORKFLOW_OVERRIDES, ConfigLayer, load_config, validate_config, validate_layered_config
 from depthcontrast.errors import ConfigError
 from tests.conftest import REPO, run_cli, run_snakemake
 
@@ -161,3 +163,155 @@ def test_voxel_only_runs_get_no_builtin_evaluation():
     )
     config["pretrain"]["p"] = {**config["pretrain"]["r"], "formats": ["point", "voxel"]}
     assert evaluated_tasks(config) == {"p": ["seg"], "r": []}
+
+
+# ------------------------------------------------------------------- numbers PyYAML reads as text
+def config_text(key: str, value_text: str) -> str:
+    """A config file's text: one builtin dataset, a run `r` and `key` (dotted) set to the raw YAML `value_text`."""
+    config = {**builtin_run(), "evaluate": {}}
+    *parents, last = key.split(".")
+    node = config
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = "VALUE_HERE"
+    return yaml.safe_dump(config).replace("VALUE_HERE", value_text)
+
+
+def read_back(path: Path, key: str):
+    value = load_config(path)
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("key", "text", "spelling"),
+    [
+        ("pretrain.r.optimizer.lr", "1e-3", "1.0e-3"),
+        ("pretrain.r.loss.temperature", "5E-2", "5.0e-2"),
+        ("datasets.scans.preprocess.xyz_quantum_m", "1e-3", "1.0e-3"),
+        ("datasets.scans.preprocess.max_points", "5e4", "50000"),
+        ("evaluate.linear.lr", "1.0e2", "1.0e+2"),
+        ("evaluate.points", "4e3", "4000"),
+    ],
+)
+def test_a_number_yaml_reads_as_text_names_the_key_and_a_spelling_that_works(
+    tmp_path: Path, key: str, text: str, spelling: str
+):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(config_text(key, text))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: {key}: '{text}' is not of type")
+    assert message.endswith(f"(YAML reads {text} as text: write {spelling})")
+    path.write_text(config_text(key, spelling))  # the advice, followed, gives the number meant
+    assert read_back(path, key) == float(text)
+
+
+def test_a_quoted_number_is_told_to_lose_its_quotes_and_other_text_gets_no_number_hint(tmp_path: Path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(config_text("pretrain.r.optimizer.lr", '"0.01"'))
+    with pytest.raises(ConfigError, match=re.escape("'0.01' is not of type 'number' (in quotes, so text: write 0.01 ")):
+        load_config(path)
+    path.write_text(config_text("pretrain.r.optimizer.lr", "fast"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value).endswith("pretrain.r.optimizer.lr: 'fast' is not of type 'number'")
+
+
+# ------------------------------------------------------------------- cross-key checks
+@pytest.mark.parametrize(
+    ("preprocess", "expected"),
+    [
+        ({"max_points": 300, "min_points": 500}, "max_points (300) is below min_points (500)"),
+        ({"max_points": 800}, "max_points (800) is below min_points (1000)"),  # the schema's default min_points
+        ({"max_points": 500, "min_points": 500}, None),
+        ({"max_points": None, "min_points": 500}, None),  # null keeps every point
+    ],
+)
+def test_max_points_below_min_points_is_one_line_naming_the_datasets_preprocess(preprocess, expected):
+    config = one_dataset(source={"kind": "builtin", "subset": "indoor"}, preprocess=preprocess)
+    if expected is None:
+        assert validate_config(config)["datasets"]["scans"]["preprocess"]["min_points"] == preprocess.get("min_points")
+        return
+    with pytest.raises(ConfigError) as caught:
+        validate_config(config, source="cfg.yaml")
+    message = str(caught.value)
+    assert message.startswith(f"cfg.yaml: datasets.scans.preprocess: {expected}: ") and "\n" not in message
+
+
+# ------------------------------------------------------------------- which file a key came from
+def merged(layers: list[ConfigLayer]) -> dict:
+    """The layers merged the way Snakemake merges config files and --config (nested mappings key by key)."""
+    config: dict = {}
+    for layer in layers:
+        update_config(config, copy.deepcopy(dict(layer.values)))
+    return config
+
+
+BASE = ConfigLayer("config.yaml", builtin_run())
+GRID = {"backbone.x": [1]}  # the sweep's one run, s-x1, has an unknown backbone key
+
+
+@pytest.mark.parametrize(
+    ("layers", "expected"),
+    [
+        (  # set in both files: the later one wins, and is named
+            [ConfigLayer("config.yaml", builtin_run(optimizer={"lr": "1e-3"})),
+             ConfigLayer("b.yaml", {"pretrain": {"r": {"optimizer": {"lr": "2e-3"}}}})],
+            "b.yaml: pretrain.r.optimizer.lr: '2e-3' is not of type 'number'",
+        ),
+        (  # set only in the first file, though the second sets keys next to it
+            [ConfigLayer("config.yaml", builtin_run(optimizer={"lr": "1e-3"})),
+             ConfigLayer("b.yaml", {"pretrain": {"r": {"optimizer": {"momentum": 0.8}}}})],
+            "config.yaml: pretrain.r.optimizer.lr: '1e-3' is not of type 'number'",
+        ),
+        (  # an unknown key is blamed on the layer that adds it, not on the one that holds its parent
+            [BASE, ConfigLayer(WORKFLOW_OVERRIDES, {"pretrain": {"r": {"optimizer": {"rate": 1}}}})],
+            "--config overrides: pretrain.r.optimizer: unknown key 'rate'",
+        ),
+        (  # a cross-key check: the layer that sets the mapping
+            [BASE, ConfigLayer("b.yaml", {"datasets": {"scans": {"preprocess": {"max_points": 800}}}})],
+            "b.yaml: datasets.scans.preprocess: max_points (800) is below min_points (1000)",
+        ),
+        (  # Snakemake's --config reads values inside {...} as text: the hint says so, not YAML's 1e-3 rule
+            [BASE, ConfigLayer(WORKFLOW_OVERRIDES, {"evaluate": {"seeds": ["1"]}})],
+            "--config overrides: evaluate.seeds.0: '1' is not of type 'integer' (--config reads values inside {...} "
+            "as text: set evaluate.seeds in a --configfile)",
+        ),
+        (  # a sweep's run is in no layer: every layer is named
+            [BASE, ConfigLayer("b.yaml", {"sweeps": {"s": {"base": {"datasets": ["scans"]}, "grid": GRID}}})],
+            "config.yaml + b.yaml: pretrain.s-x1.backbone: unknown key 'x'",
+        ),
+    ],
+)  # fmt: skip
+def test_a_config_error_names_the_layer_that_sets_the_key(layers: list[ConfigLayer], expected: str):
+    with pytest.raises(ConfigError) as caught:
+        validate_layered_config(merged(layers), layers)
+    assert str(caught.value).startswith(expected)
+
+
+def test_snakemake_names_the_configfile_or_the_overrides_that_set_the_wrong_key(repo_copy: Path):
+    (repo_copy / "extra").mkdir()
+    (repo_copy / "extra/bad.yaml").write_text("pretrain:\n  demo_pointnet:\n    optimizer: {lr: 1e-3}\n")
+    (repo_copy / "extra/fine.yaml").write_text("pretrain:\n  demo_pointnet:\n    epochs: 3\n")
+
+    def error_line(*args: str) -> str:
+        result = run_snakemake(repo_copy, "-n", "--cores", "1", *args, check=False)
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        return result.stderr.strip().splitlines()[-1]
+
+    assert error_line("--configfile", "extra/fine.yaml", "extra/bad.yaml") == (
+        "depthcontrast: error: extra/bad.yaml: pretrain.demo_pointnet.optimizer.lr: '1e-3' is not of type 'number' "
+        "(YAML reads 1e-3 as text: write 1.0e-3)"
+    )
+    assert error_line("--configfile", "extra/fine.yaml", "--config", "evaluate={points: 4}").startswith(
+        "depthcontrast: error: --config overrides: evaluate.points: '4' is not of type 'integer' (--config reads"
+    )
+    config = yaml.safe_load((repo_copy / "config.yaml").read_text())
+    config["datasets"]["demo_lidar"]["preprocess"]["max_points"] = 100
+    (repo_copy / "config.yaml").write_text(yaml.safe_dump(config))
+    assert error_line("--configfile", "extra/fine.yaml").startswith(
+        "depthcontrast: error: config.yaml: datasets.demo_lidar.preprocess: max_points (100) is below min_points (500)"
+    )
