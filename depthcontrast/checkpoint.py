@@ -8,10 +8,14 @@ stored, so files load with `weights_only=True` (no arbitrary pickle).
 
 from __future__ import annotations
 
+import io
 import logging
+import pickle
+import pickletools
 import random
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -24,6 +28,10 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "depthcontrast-checkpoint"
 CHECKPOINT_VERSION = 1
 REQUIRED_KEYS = ("format", "version", "model", "optimizer", "epoch", "step", "config")
+# what a file to torch.load holds, told without unpickling it (saved_file_kind)
+PICKLED, DAMAGED, NOT_PICKLED = "pickled", "damaged", "not pickled"
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's zip archive (torch >= 1.6)
+LEGACY_PICKLES = 5  # torch.save's legacy format: magic number, protocol, sys info, the object, storage keys
 
 
 class CheckpointError(DataError):
@@ -50,6 +58,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for damaged files
+        if saved_file_kind(path) == NOT_PICKLED:
+            raise CheckpointError(f"{path}: not a checkpoint (neither a torch.save file nor a pickle)") from None
         raise CheckpointError(
             f"{path}: checkpoint is truncated or corrupt ({type(exc).__name__}: {str(exc).split('. ')[0]}); "
             "delete it to start over, or copy an earlier checkpoint-ep*.pth to last.pth"
@@ -67,6 +77,66 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"({CHECKPOINT_VERSION}); upgrade depthcontrast-pipeline"
         )
     return state
+
+
+def saved_file_kind(path: Path) -> str:
+    """What `path` holds, read without unpickling anything: PICKLED (a torch.save archive or a pickle whose opcodes
+    parse to the end), DAMAGED (it starts as one but breaks off) or NOT_PICKLED (text, random bytes, ...)."""
+    with open(path, "rb") as handle:
+        head = handle.read(len(ZIP_MAGIC))
+        if head == ZIP_MAGIC:
+            return _archive_kind(path)
+        if len(head) < 2 or head[0] != pickle.PROTO[0] or not 2 <= head[1] <= pickle.HIGHEST_PROTOCOL:
+            return NOT_PICKLED
+        handle.seek(0)
+        stream = _ClampedReader(handle, path.stat().st_size)
+        first = _pickle_args(stream)
+        if first is None:
+            return DAMAGED
+        legacy = torch.serialization.MAGIC_NUMBER in first
+        rest = [_pickle_args(stream) for _ in range(LEGACY_PICKLES - 1)] if legacy else []
+        return DAMAGED if None in rest else PICKLED
+
+
+class _ClampedReader:
+    """A file for pickletools: a read never asks for more than is left, nor a line for more than MAX_LINE (the
+    lengths come from the bytes, and random bytes give lengths of gigabytes)."""
+
+    MAX_LINE = 1 << 20
+
+    def __init__(self, handle: IO[bytes], size: int):
+        self.handle, self.size = handle, size
+
+    def read(self, n: int = -1) -> bytes:
+        left = self.size - self.handle.tell()
+        return self.handle.read(left if n < 0 else min(n, left))
+
+    def readline(self) -> bytes:
+        return self.handle.readline(self.MAX_LINE)
+
+    def tell(self) -> int:
+        return self.handle.tell()
+
+
+def _archive_kind(path: Path) -> str:
+    """A zip archive is PICKLED when it holds a torch.save data.pkl that parses, DAMAGED when the zip breaks."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [name for name in archive.namelist() if name.rpartition("/")[2] == "data.pkl"]
+            if not names:
+                return NOT_PICKLED
+            return PICKLED if _pickle_args(io.BytesIO(archive.read(names[0]))) is not None else DAMAGED
+    except (zipfile.BadZipFile, EOFError, OSError):
+        return DAMAGED
+
+
+def _pickle_args(stream: IO[bytes] | _ClampedReader) -> list[Any] | None:
+    """The arguments of the opcodes of the pickle at `stream`'s position, read up to its STOP (nothing is
+    unpickled); None when the bytes there are no complete pickle."""
+    try:
+        return [arg for _, arg, _ in pickletools.genops(stream)]
+    except (ValueError, OverflowError):  # an unknown opcode, a short argument, or the end before STOP
+        return None
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -5,18 +5,31 @@ save_checkpoint / torch.save."""
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
+import pickle
+import re
+import zipfile
 from itertools import pairwise
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from depthcontrast.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from depthcontrast.checkpoint import (
+    DAMAGED,
+    NOT_PICKLED,
+    PICKLED,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    saved_file_kind,
+)
 from depthcontrast.config import validate_config
 from depthcontrast.errors import ConfigError
 from depthcontrast.export import ExportError, SeedImportError, export_checkpoint, import_seed_checkpoint
@@ -31,6 +44,7 @@ from depthcontrast.method import DepthContrast
 from depthcontrast.models.heads import PointNetEncoder
 from depthcontrast.models.pointnet2 import PointNet2SSG
 from depthcontrast.train import build_model
+from tests.conftest import run_cli
 from tests.test_pointnet2_msg import pointrcnn_backbone_shapes
 
 TINY_NPOINTS = (64, 32, 16, 8)
@@ -290,6 +304,66 @@ def test_truncated_or_foreign_seed_files_are_clear_errors(tmp_path: Path, checkp
     with pytest.raises(SeedImportError, match=r"no module\.trunk\.1"):
         import_seed_checkpoint(path, tmp_path / "imported.pth")
     assert not (tmp_path / "imported.pth").exists()
+
+
+def not_checkpoints() -> dict[str, bytes]:
+    """Files a user may pass by mistake: text, a failed download's HTML page, random bytes, an empty file, a zip."""
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("README.txt", "weights are elsewhere")
+    return {
+        "notes.txt": b"epoch 150, lr 0.12\n",
+        "download.html": b"<!DOCTYPE html><html><body>404</body></html>",
+        "random.bin": np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
+        "empty.pth": b"",
+        "weights.zip": archive.getvalue(),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(not_checkpoints()))
+def test_a_file_that_is_no_checkpoint_is_named_so_and_never_sent_to_trust_pickle(tmp_path: Path, name: str):
+    path = tmp_path / name
+    path.write_bytes(not_checkpoints()[name])
+    assert saved_file_kind(path) == NOT_PICKLED
+    with pytest.raises(SeedImportError) as caught:
+        import_seed_checkpoint(path, tmp_path / "imported.pth")
+    message = str(caught.value)
+    assert message.startswith(f"{path}: not a checkpoint: neither a torch.save file nor a pickle")
+    assert "trust" not in message and "\n" not in message
+    with pytest.raises(CheckpointError, match=f"{re.escape(str(path))}: not a checkpoint"):
+        load_checkpoint(path)
+
+
+def test_the_cli_names_a_text_file_as_no_checkpoint_in_one_line(tmp_path: Path):
+    path = tmp_path / "checkpoint-ep150.pth.tar"
+    path.write_text("<html>please log in</html>")
+    result = run_cli("import-seed", str(path), "--out", str(tmp_path / "imported.pth"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"depthcontrast: error: {path}: not a checkpoint: neither a torch.save file nor a pickle (it starts with "
+        "b'<html>please log'); give a checkpoint-epNNN.pth.tar of the original DepthContrast code"
+    ]
+
+
+def test_a_zip_checkpoint_with_arbitrary_pickle_is_sent_to_trust_pickle(tmp_path: Path):
+    path = tmp_path / "checkpoint-ep100.pth.tar"
+    seed = write_seed_checkpoint(path, 1, [512, 512, 128])
+    torch.save({**seed, "args": argparse.Namespace(lr=0.12)}, path)  # torch.save's zip archive this time
+    with pytest.raises(SeedImportError, match=r"trust_pickle=True \(--trust-pickle\)"):
+        import_seed_checkpoint(path, tmp_path / "imported.pth")
+
+
+def test_saved_file_kind_tells_pickles_from_damaged_ones_without_unpickling(tmp_path: Path):
+    legacy, archive, plain = tmp_path / "legacy.pth", tmp_path / "archive.pth", tmp_path / "plain.pkl"
+    write_seed_checkpoint(legacy, 1, [512, 512, 128], args=argparse.Namespace(lr=0.12))
+    torch.save({"args": argparse.Namespace(lr=0.12)}, archive)
+    plain.write_bytes(pickle.dumps({"lr": 0.12}, protocol=4))
+    assert [saved_file_kind(path) for path in (legacy, archive, plain)] == [PICKLED] * 3
+    for path in (legacy, archive, plain):
+        cut = tmp_path / f"cut-{path.name}"
+        data = path.read_bytes()
+        cut.write_bytes(data[: min(40, len(data) // 2)])  # in the legacy file's pickles, the zip, the pickle
+        assert saved_file_kind(cut) == DAMAGED, path.name
 
 
 # ------------------------------------------------------------------- voxel / LiDAR layouts (synthetic)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from depthcontrast.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from depthcontrast.checkpoint import CHECKPOINT_FORMAT, NOT_PICKLED, PICKLED, save_checkpoint, saved_file_kind
 from depthcontrast.config import validate_config
 from depthcontrast.errors import DataError
 from depthcontrast.io_utils import sha256_file
@@ -44,28 +44,40 @@ class SeedImportError(DataError):
 
 
 def read_seed_checkpoint(path: Path, trust_pickle: bool = False) -> dict[str, Any]:
-    """torch.load a seed checkpoint without running pickled code unless `trust_pickle` is set."""
+    """torch.load a checkpoint of the original DepthContrast code without running pickled code unless
+    `trust_pickle` is set."""
     path = Path(path)
     if not path.is_file():
-        raise SeedImportError(f"{path}: seed checkpoint not found")
+        raise SeedImportError(f"{path}: checkpoint not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, ... for unsafe or damaged files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights only load failed" in str(exc).lower():
-            raise SeedImportError(
-                f"{path}: holds pickled objects other than tensors and plain containers, and loading them would "
-                "run code from the file; if you trust where it came from, import with trust_pickle=True "
-                "(--trust-pickle)"
-            ) from None
-        raise SeedImportError(
-            f"{path}: seed checkpoint is truncated or corrupt ({type(exc).__name__}: {first})"
-        ) from None
+    except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, ... for unsafe, damaged or foreign files
+        raise _unloadable(path, exc) from None
     if not isinstance(state, dict) or not isinstance(state.get("model"), Mapping):
-        raise SeedImportError(f"{path}: not a DepthContrast seed checkpoint (no `model` state_dict)")
+        raise SeedImportError(f"{path}: not a checkpoint of the original DepthContrast code (no `model` state_dict)")
     if state.get("format") == CHECKPOINT_FORMAT:
         raise SeedImportError(f"{path}: already a depthcontrast-pipeline checkpoint; export it directly")
     return state
+
+
+def _unloadable(path: Path, exc: Exception) -> SeedImportError:
+    """Why torch.load failed: not a checkpoint at all, a real pickle that weights-only loading refused (only then
+    is --trust-pickle the way on), or a damaged file."""
+    kind = saved_file_kind(path)
+    if kind == NOT_PICKLED:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+        return SeedImportError(
+            f"{path}: not a checkpoint: neither a torch.save file nor a pickle (it starts with {head!r}); give a "
+            "checkpoint-epNNN.pth.tar of the original DepthContrast code"
+        )
+    if kind == PICKLED and "weights only load failed" in str(exc).lower():
+        return SeedImportError(
+            f"{path}: holds pickled objects other than tensors and plain containers, and loading them would run "
+            "code from the file; if you trust where it came from, import with trust_pickle=True (--trust-pickle)"
+        )
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return SeedImportError(f"{path}: checkpoint is truncated or corrupt ({type(exc).__name__}: {first})")
 
 
 def _split_trunks(path: Path, model: Mapping[str, torch.Tensor]) -> dict[int, dict[str, torch.Tensor]]:
