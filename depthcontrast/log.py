@@ -12,19 +12,20 @@ from tqdm import tqdm
 
 T = TypeVar("T")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+PACKAGE_LOGGER = "depthcontrast"  # the parent of every module's logging.getLogger(__name__)
 
 
 def setup_logging(log_file: str | Path | None = None, debug: bool = False) -> None:
-    """Log to stderr, or to `log_file` (appending) when a workflow rule gives one."""
+    """Log to stderr, or to `log_file` (appending) when a workflow rule gives one. `debug` turns on DEBUG for the
+    package's own loggers only: h5py, hdf5plugin, matplotlib, PIL, urllib3, ... stay at INFO."""
     handlers: list[logging.Handler] = []
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file))
     else:
         handlers.append(logging.StreamHandler(sys.stderr))
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO, format=LOG_FORMAT, handlers=handlers, force=True
-    )
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, handlers=handlers, force=True)
+    logging.getLogger(PACKAGE_LOGGER).setLevel(logging.DEBUG if debug else logging.NOTSET)
 
 
 class _LineStream:
