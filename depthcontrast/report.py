@@ -104,6 +104,15 @@ def _unfinished_lines(unfinished: Sequence[RunStatus]) -> list[str]:
     return lines
 
 
+def _what_is_missing(unfinished: Sequence[RunStatus]) -> str:
+    """`not finished: a (failed); evaluations missing: c/seg`: the runs that did not finish (a finished run is
+    never among them), then the missing evaluations of the finished ones."""
+    runs = [f"{status.run} ({status.state})" for status in unfinished if status.state != FINISHED]
+    tasks = [f"{status.run}/{task}" for status in unfinished for task, _ in status.missing_tasks]
+    parts = [f"not finished: {', '.join(runs)}"] if runs else []
+    return "; ".join(parts + ([f"evaluations missing: {', '.join(tasks)}"] if tasks else []))
+
+
 def write_summary(
     runs: dict[str, Path], downstream: dict[str, list[Path]], out_md: Path, plot_dir: Path,
     unfinished: Sequence[RunStatus] = (),
@@ -112,8 +121,7 @@ def write_summary(
     evaluations that did not finish, listed at the end. Writes plots + Markdown."""
     lines = ["# depthcontrast-pipeline summary", ""]
     if unfinished:
-        names = ", ".join(status.run for status in unfinished)
-        lines += [f"**Incomplete**: {len(runs)} runs finished; not finished: {names} (see *Not finished*). "
+        lines += [f"**Incomplete**: {len(runs)} runs finished; {_what_is_missing(unfinished)} (see *Not finished*). "
                   "The next `snakemake` run rebuilds this file.", ""]  # fmt: skip
     lines += ["## Pretraining", "",
               "| run | epochs | steps | loss, first epoch | loss, last epoch | median samples/s |",
@@ -173,10 +181,37 @@ def summarize_results(results: Path, runs: Sequence[str], tasks: Mapping[str, Se
 
 
 def summarize_after_failure(results: Path, runs: Sequence[str], tasks: Mapping[str, Sequence[str]]) -> None:
-    """The workflow's `onerror` hook: the summary of what finished, unless no run got as far as pretraining."""
-    if all(run_status(results, run).state == NOT_RUN for run in runs):
+    """The workflow's `onerror` hook: the summary of what finished, unless no run got as far as pretraining, or
+    the failed job was none of the runs or their evaluations and summary.md is newer than every result.
+
+    That summary.md (the `summary` rule's) is kept: rewriting it could only add "not run" lines for the jobs
+    the failure kept from starting, and date it 1970; the next `snakemake` run rebuilds it when it must.
+    """
+    statuses = [run_status(results, run, tasks.get(run, ())) for run in runs]
+    if all(status.state == NOT_RUN for status in statuses):
         return
-    statuses = summarize_results(results, runs, tasks)
-    unfinished = [f"{status.run} ({status.state})" for status in statuses if not status.complete]
-    print(f"depthcontrast: {results / 'summary.md'} covers {len(statuses) - len(unfinished)} of {len(statuses)} "
-          f"runs; not finished: {', '.join(unfinished)}", file=sys.stderr)  # fmt: skip
+    summary = results / "summary.md"
+    unfinished = [status for status in statuses if not status.complete]
+    missing = f"; {_what_is_missing(unfinished)}" if unfinished else ""
+    if not any(status.went_wrong for status in statuses) and _is_current(summary, results, runs, tasks):
+        print(f"depthcontrast: {summary} left as it was: the failed job is no pretraining run or evaluation, "
+              f"and no result is newer than it{missing}", file=sys.stderr)  # fmt: skip
+        return
+    summarize_results(results, runs, tasks)
+    finished = sum(status.state == FINISHED for status in statuses)
+    print(f"depthcontrast: {summary} covers {finished} of {len(statuses)} runs{missing}", file=sys.stderr)
+
+
+def _is_current(summary: Path, results: Path, runs: Sequence[str], tasks: Mapping[str, Sequence[str]]) -> bool:
+    """Whether `summary` exists and is newer than every result it can show: the runs' checkpoints and metrics and
+    their evaluations' metrics.json (an incomplete summary is dated 1970: never current)."""
+    if not summary.exists():
+        return False
+    results_shown = [
+        path
+        for run in runs
+        for path in (results / "pretrain" / run / "last.pth", results / "pretrain" / run / "metrics.csv",
+                     *(_metrics_json(results, run, task) for task in tasks.get(run, ())))
+        if path.exists()
+    ]  # fmt: skip
+    return all(path.stat().st_mtime <= summary.stat().st_mtime for path in results_shown)

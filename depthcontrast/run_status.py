@@ -30,6 +30,11 @@ class RunStatus:
     def complete(self) -> bool:
         return self.state == FINISHED and not self.missing_tasks
 
+    @property
+    def went_wrong(self) -> bool:
+        """The run failed or stopped, or one of its evaluations has a log but no metrics (not merely not run)."""
+        return self.state in (FAILED, STOPPED) or any(why != NOT_RUN for _, why in self.missing_tasks)
+
 
 def last_error(log: Path) -> str | None:
     """The log's last `depthcontrast: error:` line, else its last line naming an error, else None."""

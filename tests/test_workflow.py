@@ -161,3 +161,14 @@ def test_a_changed_pretraining_param_reruns_only_pretrain(built_repo: Path):
             "external_finetune": 1,
             "all": 1,
         }
+
+
+def test_a_failed_job_outside_the_runs_leaves_the_summary_as_it_was(built_repo: Path, tmp_path: Path):
+    summary = built_repo / "results/summary.md"
+    before = summary.read_bytes(), summary.stat().st_mtime_ns
+    job = {"enabled": True, "run": "demo_pointnet", "target": "votenet", "workdir": str(built_repo), "command": "false"}
+    (tmp_path / "failing_job.yaml").write_text(yaml.safe_dump({"external": {"fails": job}}))
+    result = run_snakemake(built_repo, "--cores", "2", "--configfile", str(tmp_path / "failing_job.yaml"), check=False)
+    assert result.returncode != 0 and "Error in rule external_finetune" in result.stderr
+    assert "depthcontrast: results/summary.md left as it was: the failed job is no pretraining run" in result.stderr
+    assert (summary.read_bytes(), summary.stat().st_mtime_ns) == before
