@@ -4,7 +4,6 @@ wrong, and the file that sets it (of the files and --config overrides Snakemake 
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -25,6 +24,7 @@ from depthcontrast.architectures import (
 )
 from depthcontrast.errors import ConfigError
 from depthcontrast.sweeps import expand_sweeps
+from depthcontrast.yaml_numbers import yaml_number_hint
 
 SCHEMA_FILE = "config.schema.yaml"
 
@@ -77,51 +77,6 @@ class ConfigKeyError(ConfigError):
 def dotted(key: Key) -> str:
     """`pretrain.demo.optimizer.lr`; the empty key is `<top level>`."""
     return ".".join(str(part) for part in key) or "<top level>"
-
-
-def yaml_number_hint(value: Any, integer: bool = False) -> str:
-    """' (YAML reads 1e-3 as text: write 1.0e-3)' when `value` is text that Python reads as a number, else ''.
-
-    PyYAML follows YAML 1.1: a float needs a dot and a signed exponent, so 1e-3 and 1.0e9 stay strings; a
-    number YAML does read (0.1) is text only in quotes. With `integer`, the spelling is the whole number
-    (5e4 -> 50000), and a fraction gets no hint.
-    """
-    number = _text_number(value)
-    if number is None or (integer and not number.is_integer()):
-        return ""
-    spelling = str(int(number)) if integer else _yaml_float(value.strip().lower())
-    if _yaml_number(spelling) != number:  # the advice must itself read back as the number
-        return ""
-    if _yaml_number(value) is not None:
-        return f" (in quotes, so text: write {spelling} without quotes)"
-    return f" (YAML reads {value} as text: write {spelling})"
-
-
-def _text_number(value: Any) -> float | None:
-    """The finite number that the text `value` spells for Python, else None."""
-    if not isinstance(value, str):
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _yaml_number(text: str) -> float | None:
-    """The number YAML reads from the plain scalar `text`, else None."""
-    value = yaml.safe_load(text)
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def _yaml_float(text: str) -> str:
-    """`text` (a float Python reads) spelled so that YAML 1.1 reads it too: 1e-3 -> 1.0e-3, 1.0e9 -> 1.0e+9."""
-    mantissa, _, exponent = text.partition("e")
-    if "." not in mantissa:
-        mantissa += ".0"
-    if exponent and exponent[0] not in "+-":
-        exponent = "+" + exponent
-    return f"{mantissa}e{exponent}" if exponent else mantissa
 
 
 def _type_hint(error: ValidationError) -> str:

@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from depthcontrast.errors import ConfigError, DataError, SampleError
+from depthcontrast.yaml_numbers import yaml_number_hint
 
 SEED_MAX_INPUT_POINTS = 50000  # the seed cuts every input cloud to a random 50000-point subset first
 SEED_CUBOID_CROP = 0.5  # smallest crop fraction of the extent per axis ("crop")
@@ -465,7 +466,7 @@ def _check_param_type(name: str, key: str, value: Any, default: Any) -> None:
     else:
         return
     if not ok:
-        hint = " (YAML reads 1.0e9 as text: write 1.0e+9)" if isinstance(value, str) and "e" in value.lower() else ""
+        hint = yaml_number_hint(value, integer=kind == "an integer")
         raise ConfigError(f"augmentation {name!r}: {key} must be {kind}, got {value!r}{hint}")
 
 
