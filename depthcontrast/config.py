@@ -4,6 +4,7 @@ wrong, and the file that sets it (of the files and --config overrides Snakemake 
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -30,9 +31,15 @@ SCHEMA_FILE = "config.schema.yaml"
 
 
 def load_schema() -> dict[str, Any]:
-    """The config schema shipped inside the package."""
+    """The config schema shipped inside the package (a fresh copy each call)."""
+    return copy.deepcopy(_parsed_schema())
+
+
+@functools.cache
+def _parsed_schema() -> dict[str, Any]:
+    """The schema file parsed once per process (with libyaml when PyYAML has it: 10x faster)."""
     text = resources.files("depthcontrast.schemas").joinpath(SCHEMA_FILE).read_text()
-    return yaml.safe_load(text)
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def _with_defaults(validator_class: type) -> type:
