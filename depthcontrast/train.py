@@ -1,7 +1,7 @@
 """The pretraining loop: one process per GPU (or one CPU process), resumable bit-for-bit.
 
 Files under the run's output folder:
-  resume/last.pth     rolling checkpoint (every epoch and on SIGTERM/SIGUSR1); `--resume` reads it
+  resume/last.pth     rolling checkpoint (every epoch, and on SIGTERM/SIGUSR1/SIGINT); `--resume` reads it
   resume/metrics.csv  rows up to the rolling checkpoint's step
   checkpoint-ep{E}.pth  weights after E finished epochs, every `checkpoint_every_epochs`
   last.pth, metrics.csv, config.yaml   written when the run completes (the workflow's outputs)
@@ -28,17 +28,20 @@ from torch.utils.data import DataLoader
 
 from depthcontrast.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from depthcontrast.data.sampler import ResumableDistributedSampler
+from depthcontrast.data.shards import read_index
 from depthcontrast.data.views import build_view_dataset, collate_views, run_formats
 from depthcontrast.errors import ConfigError, DepthContrastError
 from depthcontrast.io_utils import atomic_path, atomic_write_bytes
 from depthcontrast.launch import WorldInfo, destroy_process_group, device_for, init_process_group
-from depthcontrast.log import progress
+from depthcontrast.log import progress_bar
 from depthcontrast.method import DepthContrast
 from depthcontrast.models.encoders import build_point_encoder, build_voxel_encoder
 
 log = logging.getLogger(__name__)
 EXIT_REQUEUE = 75  # sysexits EX_TEMPFAIL: stopped by a signal after checkpointing; rerun with --resume
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, as a shell reports Ctrl-C: checkpointed; rerun with --resume
 REQUEUE_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGINT, *REQUEUE_SIGNALS)
 METRIC_FIELDS = (
     "epoch", "step", "global_step", "lr", "loss", "npid", "npid_other", "cmc_p2i", "cmc_i2p",
     "samples_per_s", "data_s", "compute_s", "gpu_mem_gib",
@@ -104,9 +107,10 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch.to(device, non_blocking=True) if isinstance(batch, torch.Tensor) else batch
 
 
-def ignore_requeue_signals(_worker_id: int) -> None:
-    """DataLoader workers leave SIGTERM/SIGUSR1 to the trainer: Slurm signals every process of a job step."""
-    for sig in REQUEUE_SIGNALS:
+def ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers leave SIGINT/SIGTERM/SIGUSR1 to the trainer: Slurm signals every process of a job step,
+    a terminal's Ctrl-C every process of its group. (So the trainer has to end them: see Trainer._stop_workers.)"""
+    for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
 
 
@@ -115,21 +119,35 @@ class TrainingDiverged(DepthContrastError):
 
 
 class StopFlag:
-    """Set by SIGTERM/SIGUSR1 (Slurm pre-emption or time limit); checked between steps on every rank."""
+    """Set by SIGTERM/SIGUSR1 (Slurm pre-emption or time limit) or SIGINT (Ctrl-C); checked between steps on
+    every rank. A second SIGINT while stopping aborts at once: KeyboardInterrupt, no checkpoint."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in REQUEUE_SIGNALS}
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
 
     def _handle(self, signum: int, _frame: Any) -> None:
+        if signum == signal.SIGINT and self.signal is not None:
+            raise KeyboardInterrupt
         self.signal = signum
+        if signum == signal.SIGINT:
+            log.warning("interrupted (SIGINT): checkpointing after this step; Ctrl-C again aborts at once, "
+                        "without a checkpoint")  # fmt: skip
 
-    def agreed(self, device: torch.device, world: WorldInfo) -> bool:
-        """True on every rank as soon as any rank was signalled."""
-        raised = torch.tensor([1 if self.signal is not None else 0], device=device)
+    def agreed(self, device: torch.device, world: WorldInfo) -> int:
+        """The exit code every rank stops with, as soon as any rank was signalled (0: go on): EXIT_REQUEUE if
+        any rank got SIGTERM/SIGUSR1, else EXIT_INTERRUPTED."""
+        codes = (0, EXIT_INTERRUPTED, EXIT_REQUEUE)
+        mine = 0 if self.signal is None else 1 if self.signal == signal.SIGINT else 2
+        raised = torch.tensor([mine], device=device)
         if world.distributed:
             dist.all_reduce(raised, op=dist.ReduceOp.MAX)
-        return bool(raised.item())
+        return codes[int(raised.item())]
+
+    def ignore(self) -> None:
+        """From now on every stop signal is ignored (while the trainer ends its DataLoader workers)."""
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -179,6 +197,21 @@ def _changed_settings(saved: Mapping[str, Any], current: Mapping[str, Any]) -> l
     return sorted(k for k in keys if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
 
 
+def check_batch_fits(run_name: str, batch_size: int, shard_dirs: Sequence[Path], world_size: int) -> None:
+    """ConfigError unless the shards fill one global batch; reads only their index.json (nothing is hashed)."""
+    samples = sum(read_index(d).num_samples for d in shard_dirs)
+    if samples >= batch_size * world_size:
+        return
+    processes = f"{world_size} processes" if world_size > 1 else "1 process"
+    fix = (f"set it to at most {samples // world_size}" if samples >= world_size
+           else f"use at most {samples} processes")  # fmt: skip
+    raise ConfigError(
+        f"pretrain.{run_name}.batch_size: {batch_size} per process x {processes} needs at least "
+        f"{batch_size * world_size} samples, but {', '.join(map(str, shard_dirs))} hold {samples} samples; {fix} "
+        "or pretrain on more data"
+    )
+
+
 class Trainer:
     """Holds the run's model, optimizer, data and position; `fit()` trains to the configured epochs."""
 
@@ -186,6 +219,7 @@ class Trainer:
         self, run_name: str, run: Mapping[str, Any], shard_dirs: Sequence[Path], out_dir: Path, world: WorldInfo,
         device: str = "auto",
     ):  # fmt: skip
+        check_batch_fits(run_name, run["batch_size"], shard_dirs, world.world_size)
         self.run_name, self.run, self.world = run_name, dict(run), world
         self.out_dir = Path(out_dir)
         self.resume_dir = self.out_dir / "resume"
@@ -206,8 +240,6 @@ class Trainer:
         self.sampler = ResumableDistributedSampler(
             len(self.dataset), run["batch_size"], world.world_size, world.rank, seed=run["seed"]
         )
-        if self.sampler.batches_per_epoch < 1:
-            raise ConfigError(f"pretrain.{run_name}: too few samples for one batch")
         self.model = build_model(run).to(self.device)
         self.model.check_global_batch(run["batch_size"] * world.world_size)
         self.module: torch.nn.Module = self.model
@@ -226,7 +258,7 @@ class Trainer:
         self.loader = DataLoader(
             self.dataset, batch_size=run["batch_size"], sampler=self.sampler, num_workers=run["num_workers"],
             pin_memory=self.device.type == "cuda", drop_last=True, persistent_workers=run["num_workers"] > 0,
-            worker_init_fn=ignore_requeue_signals,
+            worker_init_fn=ignore_stop_signals,
             # its own generator: starting the workers draws a seed, which must not move the global RNG
             # (the key batch shuffle's), or a resumed run would diverge from an uninterrupted one
             generator=torch.Generator().manual_seed(run["seed"]), collate_fn=collate_views,
@@ -308,22 +340,54 @@ class Trainer:
         return loss, terms
 
     def fit(self) -> int:
-        """Train to the configured epochs; returns 0 when done, EXIT_REQUEUE after a signal."""
+        """Train to the configured epochs; returns 0 when done, else (checkpointed at a step boundary) EXIT_REQUEUE
+        after SIGTERM/SIGUSR1 or EXIT_INTERRUPTED after SIGINT."""
         stop = StopFlag()
         try:
-            return self._fit(stop)
-        finally:
+            code = self._fit(stop)
+        finally:  # also when a second SIGINT aborts: the workers must not outlive this (they would hang the exit)
+            stop.ignore()
+            self._stop_workers()
             stop.restore()
+        if code == EXIT_INTERRUPTED:
+            log.warning("interrupted (SIGINT): checkpointed at step %d; rerun with --resume to continue",
+                        self.global_step)  # fmt: skip
+        elif code == EXIT_REQUEUE:
+            log.warning("signal %s: checkpointed at step %d; exit %d to be requeued",
+                        stop.signal, self.global_step, EXIT_REQUEUE)  # fmt: skip
+        return code
+
+    def _stop_workers(self) -> None:
+        """End the persistent DataLoader workers now. torch has no public call for it, and workers left to
+        interpreter exit (a traceback keeps the trainer alive until then) are never ended: torch's clean-up does
+        nothing once the interpreter exits (its atexit one covers pin_memory loaders only), and multiprocessing
+        SIGTERMs them, which they ignore (ignore_stop_signals), then waits for them forever."""
+        workers = self.loader._iterator  # set by the first epoch's iter() when num_workers > 0
+        if workers is not None:
+            workers._shutdown_workers()
+            self.loader._iterator = None
 
     def _fit(self, stop: StopFlag) -> int:
-        run, steps = self.run, self.sampler.batches_per_epoch
         self.module.train()
-        while self.epoch < run["epochs"]:
-            tick = time.perf_counter()
-            batches = self._loader()
-            if self.world.is_main:
-                batches = progress(batches, desc=f"epoch {self.epoch}", total=steps - self.batch, unit="batch")
-            for batch in batches:
+        while self.epoch < self.run["epochs"]:
+            code = self._epoch(stop)
+            if code:
+                return code
+            self.epoch, self.batch = self.epoch + 1, 0
+            self.save(self.resume_dir / "last.pth")
+            if self.epoch % self.run["checkpoint_every_epochs"] == 0 or self.epoch == self.run["epochs"]:
+                self.save(self.out_dir / f"checkpoint-ep{self.epoch}.pth")
+        self._finish()
+        return 0
+
+    def _epoch(self, stop: StopFlag) -> int:
+        """The rest of the current epoch; 0, or the exit code of a stop signal once its checkpoint is written."""
+        run, steps = self.run, self.sampler.batches_per_epoch
+        tick = time.perf_counter()
+        # a context, not a wrapped iterator: the bar's last line comes before any message about the stop
+        with progress_bar(desc=f"epoch {self.epoch}", total=steps - self.batch, unit="batch",
+                          disable=not self.world.is_main) as bar:  # fmt: skip
+            for batch in self._loader():
                 data_s = time.perf_counter() - tick
                 lr = learning_rate(run, self.epoch, self.batch, steps)
                 for group in self.optimizer.param_groups:
@@ -331,19 +395,14 @@ class Trainer:
                 loss, terms = self._step(batch)
                 self.batch += 1
                 self.global_step += 1
+                bar.update()
                 if self.global_step % run["log_every_steps"] == 0 or self.batch == steps:
                     self._log_step(loss, terms, lr, data_s, tick)
-                if stop.agreed(self.device, self.world):
+                code = stop.agreed(self.device, self.world)
+                if code:
                     self.save(self.resume_dir / "last.pth")
-                    log.warning("signal %s: checkpointed at step %d; exit %d to be requeued",
-                                stop.signal, self.global_step, EXIT_REQUEUE)  # fmt: skip
-                    return EXIT_REQUEUE
+                    return code
                 tick = time.perf_counter()
-            self.epoch, self.batch = self.epoch + 1, 0
-            self.save(self.resume_dir / "last.pth")
-            if self.epoch % run["checkpoint_every_epochs"] == 0 or self.epoch == run["epochs"]:
-                self.save(self.out_dir / f"checkpoint-ep{self.epoch}.pth")
-        self._finish()
         return 0
 
     def _log_step(self, loss: torch.Tensor, terms: Mapping[str, torch.Tensor], lr: float, data_s: float,
@@ -387,7 +446,8 @@ def pretrain(
     run_name: str, run: Mapping[str, Any], shard_dirs: Sequence[Path], out_dir: Path, world: WorldInfo,
     resume: bool = False, device: str = "auto",
 ) -> int:  # fmt: skip
-    """Train one run; returns the process exit code (0 done, EXIT_REQUEUE checkpointed on a signal)."""
+    """Train one run; returns the process exit code (0 done; EXIT_REQUEUE or EXIT_INTERRUPTED: checkpointed on a
+    signal)."""
     trainer = Trainer(run_name, run, shard_dirs, out_dir, world, device)
     try:
         if resume:

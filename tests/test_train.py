@@ -18,8 +18,9 @@ import yaml
 
 from depthcontrast.checkpoint import load_checkpoint
 from depthcontrast.config import validate_config
+from depthcontrast.errors import ConfigError
 from depthcontrast.launch import world_from_environment, world_from_seed_flags
-from depthcontrast.train import EXIT_REQUEUE, learning_rate
+from depthcontrast.train import EXIT_REQUEUE, check_batch_fits, learning_rate
 from tests.conftest import CLI_ENV, run_cli
 
 TINY_RUN = {
@@ -41,14 +42,20 @@ TINY_RUN = {
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """results/ with the built-in indoor frames preprocessed, and a config with the tiny run."""
+    """results/ with the built-in indoor frames preprocessed (48 samples), and a config with the tiny run, as
+    `tiny` (in-process data loading), `tiny_workers` (one DataLoader worker process) and `big_batch` (batches of
+    64)."""
     results = tmp_path_factory.mktemp("train") / "results"
     config = results.parent / "config.yaml"
     config.write_text(
         yaml.safe_dump(
             {
                 "datasets": {"demo_indoor": {"source": {"kind": "builtin", "subset": "indoor"}}},
-                "pretrain": {"tiny": TINY_RUN},
+                "pretrain": {
+                    "tiny": TINY_RUN,
+                    "tiny_workers": {**TINY_RUN, "num_workers": 1},
+                    "big_batch": {**TINY_RUN, "batch_size": 64},
+                },
             }
         )
     )
@@ -58,9 +65,9 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return results
 
 
-def pretrain_args(results: Path, out: Path, *extra: str) -> list[str]:
+def pretrain_args(results: Path, out: Path, *extra: str, run: str = "tiny") -> list[str]:
     config = results.parent / "config.yaml"
-    return ["pretrain", "tiny", "--config", str(config), "--results", str(results), "--out", str(out), *extra]
+    return ["pretrain", run, "--config", str(config), "--results", str(results), "--out", str(out), *extra]
 
 
 def model_state(path: Path) -> dict[str, torch.Tensor]:
@@ -95,6 +102,42 @@ def test_rank_and_world_come_from_torchrun_slurm_or_the_seed_flags():
     assert (seed.rank, seed.world_size) == (10, 32)
 
 
+def signal_mid_epoch(results: Path, out: Path, sig: signal.Signals, *, run: str = "tiny", group: bool = False,
+                     flags: tuple[str, ...] = ()) -> subprocess.Popen:  # fmt: skip
+    """Start pretraining `run` into `out` (`flags` before the verb, stderr to `stderr_of(out)`) and send `sig` once
+    epoch 1 is under way: to the trainer process alone, or with `group` to its whole process group, as a
+    terminal's Ctrl-C does."""
+    command = [sys.executable, "-m", "depthcontrast", *flags, *pretrain_args(results, out, run=run)]
+    with open(stderr_of(out), "w") as stderr:
+        victim = subprocess.Popen(command, env=CLI_ENV, stderr=stderr, start_new_session=group)
+    metrics = out / "resume" / "metrics.csv"
+    deadline = time.monotonic() + 300
+    while not (metrics.exists() and "\n1,2," in metrics.read_text()):  # epoch 1 under way
+        assert victim.poll() is None, "the run ended before it could be signalled"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    if group:
+        os.killpg(victim.pid, sig)
+    else:
+        victim.send_signal(sig)
+    return victim
+
+
+def stderr_of(out: Path) -> Path:
+    return out.with_name(f"{out.name}.stderr")
+
+
+def assert_resume_finishes_like(results: Path, interrupted: Path, straight: Path, run: str = "tiny") -> None:
+    """`--resume` of the `interrupted` run ends with the weights and losses of the uninterrupted one."""
+    resumed = run_cli(*pretrain_args(results, interrupted, "--resume", run=run))
+    assert resumed.returncode == 0, resumed.stderr
+    expected, actual = model_state(straight / "last.pth"), model_state(interrupted / "last.pth")
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+    assert loss_column(straight / "metrics.csv") == loss_column(interrupted / "metrics.csv")
+
+
 @pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_for_requeue_and_resume_is_bit_exact(shards: Path, tmp_path: Path):
     straight = tmp_path / "straight"
@@ -103,26 +146,12 @@ def test_sigterm_checkpoints_and_exits_for_requeue_and_resume_is_bit_exact(shard
     assert sorted(p.name for p in straight.glob("checkpoint-ep*.pth")) == ["checkpoint-ep1.pth", "checkpoint-ep2.pth"]
 
     interrupted = tmp_path / "interrupted"
-    victim = subprocess.Popen([sys.executable, "-m", "depthcontrast", *pretrain_args(shards, interrupted)], env=CLI_ENV)
-    metrics = interrupted / "resume" / "metrics.csv"
-    deadline = time.monotonic() + 300
-    while not (metrics.exists() and "\n1,2," in metrics.read_text()):  # epoch 1 under way
-        assert victim.poll() is None, "the run ended before it could be signalled"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    victim.send_signal(signal.SIGTERM)
+    victim = signal_mid_epoch(shards, interrupted, signal.SIGTERM)
     assert victim.wait(timeout=120) == EXIT_REQUEUE
     saved = load_checkpoint(interrupted / "resume" / "last.pth")
     assert saved["epoch"] == 1 and saved["batch"] >= 2
     assert not (interrupted / "last.pth").exists()
-
-    resumed = run_cli(*pretrain_args(shards, interrupted, "--resume"))
-    assert resumed.returncode == 0, resumed.stderr
-    expected, actual = model_state(straight / "last.pth"), model_state(interrupted / "last.pth")
-    assert expected.keys() == actual.keys()
-    for key in expected:
-        assert torch.equal(expected[key], actual[key]), key
-    assert loss_column(straight / "metrics.csv") == loss_column(interrupted / "metrics.csv")
+    assert_resume_finishes_like(shards, interrupted, straight)
 
 
 def loss_column(path: Path) -> list[tuple[str, str]]:
@@ -156,6 +185,32 @@ def test_a_multi_task_layout_outside_slurm_trains_as_one_process_and_says_so(sha
     assert result.returncode == 0, result.stderr
     assert "asks for 8 tasks, but this is no Slurm allocation: training as one process" in result.stderr
     assert load_checkpoint(out / "last.pth")["world_size"] == 1
+
+
+def test_a_batch_larger_than_the_dataset_is_one_line_naming_the_key_and_the_size_before_training(
+    shards: Path, tmp_path: Path
+):
+    out = tmp_path / "big"
+    result = run_cli(*pretrain_args(shards, out, run="big_batch"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [
+        f"depthcontrast: error: pretrain.big_batch.batch_size: 64 per process x 1 process needs at least 64 samples, "
+        f"but {shards / 'shards/demo_indoor'} hold 48 samples; set it to at most 48 or pretrain on more data"
+    ]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "world_size", "fix"), [(32, 2, "set it to at most 24"), (1, 64, "use at most 48")]
+)
+def test_a_global_batch_larger_than_the_dataset_says_what_fits(
+    shards: Path, batch_size: int, world_size: int, fix: str
+):
+    dirs = [shards / "shards" / "demo_indoor"]
+    check_batch_fits("r", 24, dirs, world_size=2)  # 48 samples: exactly one global batch
+    with pytest.raises(ConfigError, match=f"needs at least {batch_size * world_size} samples, .* 48 samples; {fix}"):
+        check_batch_fits("r", batch_size, dirs, world_size)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "foreign"])
