@@ -115,7 +115,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         try:
             mp.spawn(_pretrain_worker, args=(args, run, shards), nprocs=args.ngpus, join=True)
         except mp.ProcessExitedException as exc:
-            return EXIT_REQUEUE if exc.exit_code == EXIT_REQUEUE else 1
+            return exc.exit_code if exc.exit_code in (EXIT_REQUEUE, EXIT_INTERRUPTED) else 1
         return 0
     world = world_from_environment()
     if layout.world_size > 1 and not world.distributed:
