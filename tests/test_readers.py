@@ -17,10 +17,8 @@ from fixture_writers import (
     write_ply,
 )
 
+from depthcontrast.data.depth_images import Intrinsics, decode_image, depth_to_sample
 from depthcontrast.data.readers import (
-    Intrinsics,
-    decode_image,
-    depth_to_sample,
     read_kitti_bin,
     read_las,
     read_npy,

@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from depthcontrast.data.depth_images import DEFAULT_DEPTH_SCALE, Intrinsics, depth_to_sample, read_image
 from depthcontrast.data.formats.base import Unit
-from depthcontrast.data.readers import DEFAULT_DEPTH_SCALE, Intrinsics, depth_to_sample, read_image
 from depthcontrast.data.records import Sample
 from depthcontrast.errors import SampleError
 

@@ -12,14 +12,14 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
-from depthcontrast.data.formats.base import Unit, frame_step, natural_key
-from depthcontrast.data.readers import (
+from depthcontrast.data.depth_images import (
     DEFAULT_DEPTH_SCALE,
     REDWOOD_INTRINSICS,
     Intrinsics,
     decode_image,
     depth_to_sample,
 )
+from depthcontrast.data.formats.base import Unit, frame_step, natural_key
 from depthcontrast.data.records import QuarantineEntry, Sample
 from depthcontrast.errors import SampleError
 

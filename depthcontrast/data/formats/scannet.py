@@ -22,8 +22,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from depthcontrast.data.depth_images import Intrinsics, decode_image, depth_to_sample
 from depthcontrast.data.formats.base import Unit, frame_step
-from depthcontrast.data.readers import Intrinsics, decode_image, depth_to_sample
 from depthcontrast.data.records import QuarantineEntry, Sample
 from depthcontrast.errors import SampleError
 
