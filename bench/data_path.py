@@ -30,7 +30,8 @@ import numpy as np
 
 from depthcontrast.data.records import Sample
 from depthcontrast.data.shard_dataset import ShardDataset
-from depthcontrast.data.shards import CHUNK_POINTS, COMPRESSIONS, ShardWriter
+from depthcontrast.data.shard_writer import ShardWriter
+from depthcontrast.data.shards import CHUNK_POINTS, COMPRESSIONS
 
 POINTS_PER_FRAME = 50_000  # the seed's cap
 IMAGE_W, IMAGE_H, FOCAL_PX = 320, 240, 262.5  # a 640x480 Kinect-like camera at half resolution

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from depthcontrast.data.records import Sample
-from depthcontrast.data.shards import ShardWriter
+from depthcontrast.data.shard_writer import ShardWriter
 from depthcontrast.launch import WorldInfo
 from depthcontrast.train import Trainer
 

@@ -30,7 +30,7 @@ import torch
 
 from depthcontrast.checkpoint import load_checkpoint
 from depthcontrast.data.records import Sample
-from depthcontrast.data.shards import ShardWriter
+from depthcontrast.data.shard_writer import ShardWriter
 from depthcontrast.train import EXIT_REQUEUE
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

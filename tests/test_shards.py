@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader
 
 from depthcontrast.data.records import UNLABELLED, Sample
 from depthcontrast.data.shard_dataset import ShardDataset, absolute_points
-from depthcontrast.data.shards import INDEX_NAME, ShardWriter, read_index
+from depthcontrast.data.shard_writer import ShardWriter
+from depthcontrast.data.shards import INDEX_NAME, read_index
 from depthcontrast.errors import DataError
 
 QUANTUM_M = 0.001

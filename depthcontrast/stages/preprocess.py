@@ -14,7 +14,8 @@ from depthcontrast.data.checks import SampleLimits, rejection_reason, select_out
 from depthcontrast.data.formats import decode_unit, plan_dataset
 from depthcontrast.data.manifest import Manifest, read_manifest
 from depthcontrast.data.records import UNLABELLED, QuarantineEntry, Sample
-from depthcontrast.data.shards import ShardIndex, ShardWriter
+from depthcontrast.data.shard_writer import ShardWriter
+from depthcontrast.data.shards import ShardIndex
 from depthcontrast.errors import DataError
 from depthcontrast.io_utils import atomic_write_json, sha256_file
 from depthcontrast.log import progress
