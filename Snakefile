@@ -20,6 +20,7 @@ except ConfigError as error:
 
 
 include: "rules/common.smk"
+include: "rules/settings.smk"
 include: "rules/download.smk"
 include: "rules/preprocess.smk"
 include: "rules/pretrain.smk"

@@ -1,4 +1,9 @@
-"""`depthcontrast` command line: one subcommand per stage, one-line errors for user mistakes."""
+"""`depthcontrast` command line: one verb per stage, each calling one function of the package, and one-line errors
+for user mistakes.
+
+A stage verb reads its settings from a config file (--config, default config.yaml) or, as the workflow's rules
+call it, from the settings file that the workflow wrote for the job (--settings; see depthcontrast.stages.settings).
+"""
 
 from __future__ import annotations
 
@@ -9,25 +14,46 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from depthcontrast import __version__
-from depthcontrast.errors import ConfigError, DepthContrastError
+from depthcontrast.architectures import KNOWN_TARGETS
+from depthcontrast.errors import DepthContrastError
 from depthcontrast.log import setup_logging
-from depthcontrast.slurm import TaskLayout
 
 log = logging.getLogger("depthcontrast")
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C (= train.EXIT_INTERRUPTED)
+SHARD_INDEX = "index.json"  # = data.shards.INDEX_NAME (not imported: h5py for every command)
 
 
-def _dataset_settings(config_path: str, dataset: str) -> dict:
+def _config(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """The validated --settings file that a workflow rule wrote, else the validated --config file; and its path."""
+    if args.settings:
+        from depthcontrast.stages.settings import read_settings
+
+        return read_settings(args.settings), args.settings
     from depthcontrast.config import load_config
 
-    config = load_config(config_path)
-    if dataset not in config["datasets"]:
-        known = ", ".join(sorted(config["datasets"]))
-        raise ConfigError(f"{config_path}: no dataset {dataset!r} (configured: {known})")
-    return config["datasets"][dataset]
+    return load_config(args.config), args.config
+
+
+def _block(args: argparse.Namespace, *key: str) -> Any:
+    """The block at `key` (e.g. "datasets", "demo_indoor") of the settings or config file."""
+    from depthcontrast.stages.settings import config_block
+
+    config, source = _config(args)
+    return config_block(config, key, source)
+
+
+def _out(args: argparse.Namespace, *default: str) -> Path:
+    """--out, else its default under --results."""
+    return Path(args.out) if args.out else Path(args.results).joinpath(*default)
+
+
+def _shard_folder(path: str) -> Path:
+    """A shard folder, given as itself or as its index.json (what a rule has as input)."""
+    return Path(path).parent if Path(path).name == SHARD_INDEX else Path(path)
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
@@ -44,84 +70,33 @@ def cmd_validate(args: argparse.Namespace) -> None:
 def cmd_download(args: argparse.Namespace) -> None:
     from depthcontrast.stages.download import run_download
 
-    settings = _dataset_settings(args.config, args.dataset)
-    out = Path(args.out or Path(args.results) / "raw" / args.dataset)
-    run_download(args.dataset, settings["source"], out)
+    run_download(args.dataset, _block(args, "datasets", args.dataset, "source"), _out(args, "raw", args.dataset))
 
 
 def cmd_preprocess(args: argparse.Namespace) -> None:
     from depthcontrast.stages.preprocess import run_preprocess
 
-    settings = _dataset_settings(args.config, args.dataset)
-    results = Path(args.results)
-    manifest = Path(args.manifest or results / "raw" / args.dataset / "MANIFEST.json")
-    out = Path(args.out or results / "shards" / args.dataset)
-    summary = run_preprocess(args.dataset, settings, manifest, out, workers=args.workers)
+    manifest = Path(args.manifest or Path(args.results) / "raw" / args.dataset / "MANIFEST.json")
+    dataset = _block(args, "datasets", args.dataset)
+    summary = run_preprocess(args.dataset, dataset, manifest, _out(args, "shards", args.dataset), workers=args.workers)
     print(json.dumps(summary, sort_keys=True))
 
 
-def _run_settings(args: argparse.Namespace) -> tuple[dict, list[Path], TaskLayout]:
-    """The run's validated training settings, shard folders and task layout: from --config/--run, or --run-json
-    from the workflow; layout flags override the run's `resources:` block."""
-    from depthcontrast.config import load_config
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from depthcontrast.slurm import TaskLayout
+    from depthcontrast.stages.pretrain import OriginalLaunch, run_pretrain
 
-    if args.run_json:
-        run = json.loads(args.run_json)
-        shards = [Path(p) for p in args.shards]
-        layout = TaskLayout()
-    else:
-        config = load_config(args.config)
-        if args.run not in config["pretrain"]:
-            known = ", ".join(sorted(config["pretrain"])) or "none"
-            raise ConfigError(f"{args.config}: no pretrain run {args.run!r} (configured: {known})")
-        run = dict(config["pretrain"][args.run])
-        layout = TaskLayout.of_run(run.pop("resources"))  # how to run it, not what is trained
-        shards = [Path(p) for p in args.shards] or [Path(args.results) / "shards" / d for d in run["datasets"]]
+    run = _block(args, "pretrain", args.run)
+    shards = [_shard_folder(path) for path in args.shards]
+    shards = shards or [Path(args.results) / "shards" / dataset for dataset in run["datasets"]]
     flags = {"nodes": args.nodes, "tasks_per_node": args.tasks_per_node, "gpus_per_task": args.gpus_per_task,
              "cpus_per_task": args.cpus_per_task}  # fmt: skip
-    return run, shards, dataclasses.replace(layout, **{k: v for k, v in flags.items() if v is not None})
-
-
-def _pretrain_worker(local: int, args: argparse.Namespace, run: dict, shards: list[Path]) -> None:
-    """One process of the seed-style `--multiprocessing-distributed` launch (mp.spawn target)."""
-    from depthcontrast.launch import world_from_seed_flags
-    from depthcontrast.train import pretrain
-
-    setup_logging(args.log, debug=args.debug)
-    world = world_from_seed_flags(args.rank, args.world_size, args.ngpus, local, args.dist_url)
-    code = pretrain(args.run, run, shards, _pretrain_out(args), world, resume=args.resume, device=args.device)
-    if code:
-        sys.exit(code)
-
-
-def _pretrain_out(args: argparse.Namespace) -> Path:
-    return Path(args.out or Path(args.results) / "pretrain" / args.run)
-
-
-def cmd_pretrain(args: argparse.Namespace) -> int:
-    from depthcontrast.launch import world_from_environment
-    from depthcontrast.slurm import in_allocation_outside_step, srun_command
-    from depthcontrast.train import EXIT_REQUEUE, pretrain
-
-    run, shards, layout = _run_settings(args)
-    if layout.world_size > 1 and not args.multiprocessing_distributed and in_allocation_outside_step():
-        command = srun_command(layout, [sys.executable, "-m", "depthcontrast", *args.argv])
-        log.info("starting %d tasks: %s", layout.world_size, " ".join(command[: command.index(sys.executable)]))
-        logging.shutdown()
-        os.execvp(command[0], command)  # srun forwards Slurm's signals to every task
-    if args.multiprocessing_distributed:
-        import torch.multiprocessing as mp
-
-        try:
-            mp.spawn(_pretrain_worker, args=(args, run, shards), nprocs=args.ngpus, join=True)
-        except mp.ProcessExitedException as exc:
-            return exc.exit_code if exc.exit_code in (EXIT_REQUEUE, EXIT_INTERRUPTED) else 1
-        return 0
-    world = world_from_environment()
-    if layout.world_size > 1 and not world.distributed:
-        log.warning("pretrain %s asks for %d tasks, but this is no Slurm allocation: training as one process "
-                    "(start it with srun or torchrun for more)", args.run, layout.world_size)  # fmt: skip
-    return pretrain(args.run, run, shards, _pretrain_out(args), world, resume=args.resume, device=args.device)
+    given = {name: value for name, value in flags.items() if value is not None}
+    layout = dataclasses.replace(TaskLayout.of_run(run["resources"]), **given)
+    original = (OriginalLaunch(args.world_size, args.rank, args.ngpus, args.dist_url)
+                if args.multiprocessing_distributed else None)  # fmt: skip
+    return run_pretrain(args.run, run, shards, _out(args, "pretrain", args.run), layout, args.argv, resume=args.resume,
+                        device=args.device, original=original, debug=args.debug)  # fmt: skip
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -131,56 +106,81 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"{weights}\n{sidecar}")
 
 
-def cmd_import_seed(args: argparse.Namespace) -> None:
-    from depthcontrast.export import import_seed_checkpoint
+def cmd_import_original(args: argparse.Namespace) -> None:
+    from depthcontrast.export import import_original_checkpoint
 
-    print(import_seed_checkpoint(Path(args.checkpoint), Path(args.out), trust_pickle=args.trust_pickle))
+    if args.command == "import-seed":
+        log.warning("`depthcontrast import-seed` is deprecated and goes away in the next release: "
+                    "use `depthcontrast import-original`")  # fmt: skip
+    print(import_original_checkpoint(Path(args.checkpoint), Path(args.out), trust_pickle=args.trust_pickle))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from depthcontrast.evaluate import run_evaluation
+    from depthcontrast.stages.settings import config_block
+
+    config, source = _config(args)
+    task = config_block(config, ("evaluate", "tasks", args.task), source)
+    settings = {key: value for key, value in config["evaluate"].items() if key != "tasks"}
+    shards = _shard_folder(args.shards) if args.shards else Path(args.results) / "shards" / task["dataset"]
+    run_evaluation(args.task, task, settings, shards, Path(args.checkpoint), Path(args.out))
+    print(Path(args.out) / "metrics.json")
+
+
+def cmd_external(args: argparse.Namespace) -> None:
+    from depthcontrast.external import run_external
+
+    job = _block(args, "external", args.job)
+    weights = Path(args.weights or Path(args.results) / "export" / job["run"] / f"{job['target']}.pth")
+    out = _out(args, "finetune", "external", args.job)
+    run_external(args.job, job, weights, out)
+    print(out / "done.json")
 
 
 def cmd_summarize(args: argparse.Namespace) -> int:
-    from depthcontrast.architectures import evaluated_tasks
-    from depthcontrast.config import load_config
     from depthcontrast.report import summarize_results
 
-    config = load_config(args.config)
-    runs = sorted(name for name, run in config["pretrain"].items() if run["enabled"])
-    statuses = summarize_results(Path(args.results), runs, evaluated_tasks(config))
+    if args.runs is None:
+        from depthcontrast.architectures import evaluated_tasks
+        from depthcontrast.config import load_config
+
+        tasks = evaluated_tasks(load_config(args.config))  # every enabled run -> its evaluation tasks
+    else:
+        tasks = {run: [] for run in args.runs}
+        for evaluation in args.evaluations:
+            run, _, task = evaluation.partition("/")
+            tasks.setdefault(run, []).append(task)
+    statuses = summarize_results(Path(args.results), list(tasks), tasks)
     for status in statuses:
-        missing = ", ".join(f"{task}: {why}" for task, why in status.missing_tasks)
-        print(f"{status.run}\t{status.state}\t{status.detail or (f'evaluation missing: {missing}' if missing else '')}")
+        print(status.line())
     print(f"wrote {Path(args.results) / 'summary.md'}", file=sys.stderr)
     return 0 if all(status.complete for status in statuses) else 1
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
-    from depthcontrast.data.shard_dataset import ShardDataset
-    from depthcontrast.log import progress
+    from depthcontrast.stages.inspect import inspect_shards
 
-    dataset = ShardDataset(Path(args.shard_dir), verify=not args.quick)
-    index = dataset.index
-    if not args.quick:  # every shard against index.json, not only those behind the samples shown
-        for k in progress(range(len(index.shards)), desc="sha256", total=len(index.shards), unit="shard"):
-            dataset.check_shard(k)
-    features = ", ".join(f"{name} ({index.feature_samples.get(name, 0)})" for name in index.feature_names) or "none"
-    labels = f"{index.labelled_samples} labelled" if index.has_labels else "none"
-    print(
-        f"{args.shard_dir}: {len(dataset)} samples in {len(index.shards)} shards, {index.num_points} points; "
-        f"features (samples with it): {features}; labels: {labels}; "
-        f"{index.shifted_samples} stored relative to an origin"
+    print("\n".join(inspect_shards(Path(args.shard_dir), head=args.head, quick=args.quick)))
+
+
+def _settings_source(verb: argparse.ArgumentParser) -> None:
+    """--config or --settings, and --results (where the verb's inputs and outputs are by default)."""
+    source = verb.add_mutually_exclusive_group()
+    source.add_argument("--config", default="config.yaml", help="the config file (default: config.yaml)")
+    source.add_argument(
+        "--settings", help="the settings file the workflow wrote for this job (results/settings/<stage>/<name>.yaml)"
     )
-    for name, count in index.dropped_features.items():
-        print(f"  feature {name} left out (only {count} samples had it; partial_features: drop)")
-    print(f"  sha256: {'not checked (--quick)' if args.quick else f'all {len(index.shards)} shards match index.json'}")
-    for i in range(min(args.head, len(dataset))):
-        item = dataset[i]
-        print(f"  [{i}] {item['sample_id']}: {item['points'].shape[0]} points")
+    verb.add_argument("--results", default="results", help="results folder (default: results)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="depthcontrast", description=__doc__)
+    parser = argparse.ArgumentParser(prog="depthcontrast", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="full tracebacks and debug logs")
-    parser.add_argument("--log", help="append logs to this file instead of stderr")
+    parser.add_argument(
+        "--log", help="append everything the command writes (logs, progress, errors, output) to this file"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     validate = sub.add_parser("validate-config", help="check a config file against the schema")
@@ -188,30 +188,31 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--print", action="store_true", help="print the config with defaults filled")
     validate.set_defaults(func=cmd_validate)
 
-    for name, func, helptext in (
-        ("download", cmd_download, "fetch or locate a dataset's raw files; write MANIFEST.json"),
-        ("preprocess", cmd_preprocess, "decode raw files into HDF5 shards + index.json + quarantine.json"),
-    ):
-        stage = sub.add_parser(name, help=helptext)
-        stage.add_argument("--config", default="config.yaml")
+    download = sub.add_parser("download", help="fetch or locate a dataset's raw files; write MANIFEST.json")
+    preprocess = sub.add_parser("preprocess", help="decode raw files into HDF5 shards + index.json + quarantine.json")
+    for stage, folder in ((download, "raw"), (preprocess, "shards")):
         stage.add_argument("--dataset", required=True, help="a name under `datasets:` in the config")
-        stage.add_argument("--results", default="results", help="results folder (default: results)")
-        stage.add_argument("--out", help="output folder (default: results/<stage>/<dataset>)")
-        stage.set_defaults(func=func)
-        if name == "preprocess":
-            stage.add_argument("--manifest", help="default: results/raw/<dataset>/MANIFEST.json")
-            stage.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+        _settings_source(stage)
+        stage.add_argument("--out", help=f"output folder (default: <results>/{folder}/<dataset>)")
+    download.set_defaults(func=cmd_download)
+    preprocess.add_argument("--manifest", help="default: <results>/raw/<dataset>/MANIFEST.json")
+    preprocess.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    preprocess.set_defaults(func=cmd_preprocess)
 
     train = sub.add_parser(
         "pretrain",
-        help="DepthContrast pretraining of one run (torchrun, srun, or the seed's --multiprocessing-distributed)",
+        help="DepthContrast pretraining of one run (torchrun, srun, or the original code's "
+        "--multiprocessing-distributed)",
     )
-    train.add_argument("--config", default="config.yaml")
     train.add_argument("run", help="a name under `pretrain:` in the config (positional, so torchrun passes it through)")
-    train.add_argument("--run-json", help=argparse.SUPPRESS)  # the workflow passes the validated run block
-    train.add_argument("--shards", nargs="*", default=[], help="shard folders (default: the run's datasets)")
-    train.add_argument("--results", default="results")
-    train.add_argument("--out", help="output folder (default: results/pretrain/<run>)")
+    _settings_source(train)
+    train.add_argument(
+        "--shards",
+        nargs="*",
+        default=[],
+        help="shard folders or their index.json (default: <results>/shards/<dataset> of the run's)",
+    )
+    train.add_argument("--out", help="output folder (default: <results>/pretrain/<run>)")
     train.add_argument("--resume", action="store_true", help="continue from <out>/resume/last.pth if present")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     tasks = train.add_argument_group(
@@ -222,33 +223,61 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_argument("--tasks-per-node", type=int, help="processes per node (one per GPU)")
     tasks.add_argument("--gpus-per-task", type=int, help="0 (CPU) or 1")
     tasks.add_argument("--cpus-per-task", type=int)
-    seed_flags = train.add_argument_group("the seed's launcher flags (one node spawns --ngpus processes)")
-    seed_flags.add_argument("--multiprocessing-distributed", action="store_true")
-    seed_flags.add_argument("--world-size", type=int, default=1, help="number of nodes")
-    seed_flags.add_argument("--rank", type=int, default=0, help="this node's rank")
-    seed_flags.add_argument("--ngpus", type=int, default=1, help="processes (GPUs) per node")
-    seed_flags.add_argument("--dist-url", default="tcp://localhost:15475")
+    launcher = train.add_argument_group(
+        "the original DepthContrast code's launcher flags (one node spawns --ngpus processes)"
+    )
+    launcher.add_argument("--multiprocessing-distributed", action="store_true")
+    launcher.add_argument("--world-size", type=int, default=1, help="number of nodes")
+    launcher.add_argument("--rank", type=int, default=0, help="this node's rank")
+    launcher.add_argument("--ngpus", type=int, default=1, help="processes (GPUs) per node")
+    launcher.add_argument("--dist-url", default="tcp://localhost:15475")
     train.set_defaults(func=cmd_pretrain)
 
     export = sub.add_parser("export", help="write a checkpoint in a downstream code base's layout + JSON sidecar")
     export.add_argument("checkpoint", help="our checkpoint (results/pretrain/<run>/last.pth or an imported one)")
-    export.add_argument("--target", required=True, help="votenet, h3dnet, plain, minkunet_seg or openpcdet")
+    export.add_argument("--target", required=True, choices=KNOWN_TARGETS)
     export.add_argument("--out", required=True, help="folder for <target>.pth and <target>.json")
     export.set_defaults(func=cmd_export)
 
-    seed = sub.add_parser("import-seed", help="convert a released DepthContrast checkpoint-epNNN.pth.tar into ours")
-    seed.add_argument("checkpoint")
-    seed.add_argument("--out", required=True, help="the converted checkpoint (.pth)")
-    seed.add_argument(
+    original = sub.add_parser(
+        "import-original", aliases=["import-seed"],
+        help="convert a released checkpoint-epNNN.pth.tar of the original DepthContrast code into ours "
+             "(import-seed: deprecated name)",
+    )  # fmt: skip
+    original.add_argument("checkpoint")
+    original.add_argument("--out", required=True, help="the converted checkpoint (.pth)")
+    original.add_argument(
         "--trust-pickle", action="store_true", help="allow arbitrary pickled objects (trusted files only)"
     )
-    seed.set_defaults(func=cmd_import_seed)
+    original.set_defaults(func=cmd_import_original)
+
+    evaluate = sub.add_parser(
+        "evaluate", help="the built-in evaluation: a checkpoint's point encoder against scratch on one task"
+    )
+    evaluate.add_argument("--task", required=True, help="a name under `evaluate.tasks:` in the config")
+    evaluate.add_argument("--checkpoint", required=True, help="results/pretrain/<run>/last.pth or an imported one")
+    _settings_source(evaluate)
+    evaluate.add_argument("--shards", help="shard folder or its index.json (default: <results>/shards/<its dataset>)")
+    evaluate.add_argument("--out", required=True, help="folder for metrics.json (the workflow's: <results>/finetune/"
+                          "<run>/<task>)")  # fmt: skip
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    external = sub.add_parser(
+        "external", help="run an `external:` job (a downstream code base's own finetuning) on exported weights"
+    )
+    external.add_argument("--job", required=True, help="a name under `external:` in the config")
+    _settings_source(external)
+    external.add_argument("--weights", help="default: <results>/export/<job's run>/<job's target>.pth")
+    external.add_argument("--out", help="folder for done.json (default: <results>/finetune/external/<job>)")
+    external.set_defaults(func=cmd_external)
 
     summarize = sub.add_parser(
         "summarize", help="each run's state (finished, stopped, failed, not run); results/summary.md of what finished"
     )
-    summarize.add_argument("--config", default="config.yaml")
+    summarize.add_argument("--config", default="config.yaml", help="its enabled runs and their evaluation tasks")
     summarize.add_argument("--results", default="results")
+    summarize.add_argument("--runs", nargs="*", help="these runs instead of the config's (as the workflow's rule)")
+    summarize.add_argument("--evaluations", nargs="*", default=[], metavar="RUN/TASK", help="with --runs")
     summarize.set_defaults(func=cmd_summarize)
 
     inspect = sub.add_parser(
@@ -261,10 +290,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _append_output_to(log_file: str) -> None:
+    """Send this process's stdout and stderr, and so its children's (srun, DataLoader workers, an external job's
+    command), to the end of `log_file`: file descriptors 1 and 2 themselves, not only Python's streams."""
+    Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    descriptor = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    os.dup2(descriptor, sys.stdout.fileno())
+    os.dup2(descriptor, sys.stderr.fileno())
+    os.close(descriptor)
+    sys.stdout.reconfigure(line_buffering=True)  # printed lines stay in order with the log lines
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # to start the same command as srun tasks
-    setup_logging(args.log, debug=args.debug)
+    if args.log:
+        _append_output_to(args.log)
+    setup_logging(None, debug=args.debug)
     try:
         return args.func(args) or 0
     except DepthContrastError as exc:

@@ -35,6 +35,11 @@ class RunStatus:
         """The run failed or stopped, or one of its evaluations has a log but no metrics (not merely not run)."""
         return self.state in (FAILED, STOPPED) or any(why != NOT_RUN for _, why in self.missing_tasks)
 
+    def line(self) -> str:
+        """`run<TAB>state<TAB>why`: how `depthcontrast summarize` lists it."""
+        missing = ", ".join(f"{task}: {why}" for task, why in self.missing_tasks)
+        return f"{self.run}\t{self.state}\t{self.detail or (f'evaluation missing: {missing}' if missing else '')}"
+
 
 def last_error(log: Path) -> str | None:
     """The log's last `depthcontrast: error:` line, else its last line naming an error, else None."""

@@ -1,20 +1,14 @@
-# Input functions, wildcard constraints and shared settings.
-import json
-import os
+# Input functions and wildcard constraints.
 import re
-import shlex
 
-from depthcontrast.architectures import evaluated_tasks
+from depthcontrast.architectures import KNOWN_TARGETS, evaluated_tasks
 from depthcontrast.slurm import JOB_RESOURCES, job_resources
+from depthcontrast.stages.settings import STAGE_SETTINGS, stage_settings
 
 
 def enabled_datasets():
     """Names of the datasets that `rule all` builds."""
     return sorted(name for name, entry in config["datasets"].items() if entry["enabled"])
-
-
-def dataset_entry(wildcards):
-    return config["datasets"][wildcards.dataset]
 
 
 def shard_indexes():
@@ -34,21 +28,6 @@ def pretrain_outputs():
     return expand("results/pretrain/{run}/last.pth", run=enabled_runs())
 
 
-# settings of a run that do not change its training (so editing them reruns nothing upstream of them)
-NOT_TRAINING_SETTINGS = ("enabled", "export_targets", "resources")
-
-
-def training_settings(wildcards):
-    run = config["pretrain"][wildcards.run]
-    return {key: value for key, value in run.items() if key not in NOT_TRAINING_SETTINGS}
-
-
-def task_layout(wildcards):
-    """The run's number of processes: a rerun trigger (the global batch is batch_size x tasks)."""
-    resources = config["pretrain"][wildcards.run]["resources"]
-    return f"--nodes {resources['nodes']} --tasks-per-node {resources['tasks_per_node']}"
-
-
 def pretrain_job_resources():
     """The pretrain job's resources, each a function of the run (None: not asked for); see depthcontrast.slurm."""
 
@@ -66,22 +45,23 @@ def export_outputs():
     ]
 
 
-def shell_quoted_json(value):
-    """A config block as one shell word (the rule passes validated settings, not a file path)."""
-    return shlex.quote(json.dumps(value, sort_keys=True))
-
-
 def names_pattern(names):
     return "|".join(re.escape(name) for name in sorted(names)) or "(?!)"
 
 
+def evaluations():
+    """`run/task` of the built-in evaluation of every enabled run that trains a point encoder (voxel-only runs get
+    none)."""
+    return [f"{run}/{task}" for run, tasks in evaluated_tasks(config).items() for task in tasks]
+
+
 def finetune_outputs():
-    """The built-in evaluation of every enabled run that trains a point encoder (voxel-only runs get none)."""
-    return [
-        f"results/finetune/{run}/{task}/metrics.json"
-        for run, tasks in evaluated_tasks(config).items()
-        for task in tasks
-    ]
+    return [f"results/finetune/{evaluation}/metrics.json" for evaluation in evaluations()]
+
+
+def job_settings(wildcards):
+    """What the settings file results/settings/{stage}/{item}.yaml holds (see depthcontrast.stages.settings)."""
+    return stage_settings(config, wildcards.stage, wildcards.item)
 
 
 def external_weights(name):
@@ -107,6 +87,8 @@ def downstream_plots():
 wildcard_constraints:
     dataset=names_pattern(config["datasets"]),
     run=names_pattern(config["pretrain"]),
-    target="votenet|h3dnet|plain|minkunet_seg|openpcdet",
+    target=names_pattern(KNOWN_TARGETS),
+    stage=names_pattern(STAGE_SETTINGS),
+    item="[A-Za-z0-9][A-Za-z0-9_-]*",  # a dataset, run, task or external job (the schema's name pattern)
     task=names_pattern(config["evaluate"]["tasks"]),
     name=names_pattern(config["external"]),

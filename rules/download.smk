@@ -2,10 +2,10 @@
 
 
 rule download:
+    input:
+        settings="results/settings/download/{dataset}.yaml",
     output:
         manifest="results/raw/{dataset}/MANIFEST.json",
-    params:
-        source=lambda wildcards: dataset_entry(wildcards)["source"],
     log:
         "results/logs/download/{dataset}.log",
     benchmark:
@@ -16,5 +16,6 @@ rule download:
         runtime=240,
     conda:
         "../envs/data.yaml"
-    script:
-        "../workflow_scripts/download.py"
+    shell:
+        "depthcontrast --log {log} download --dataset {wildcards.dataset} --settings {input.settings}"
+        " --out results/raw/{wildcards.dataset}"

@@ -18,5 +18,5 @@ rule export:
     conda:
         "../envs/data.yaml"
     shell:
-        "depthcontrast export {input.checkpoint} --target {wildcards.target}"
-        " --out results/export/{wildcards.run} > {log} 2>&1"
+        "depthcontrast --log {log} export {input.checkpoint} --target {wildcards.target}"
+        " --out results/export/{wildcards.run}"

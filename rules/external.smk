@@ -4,11 +4,10 @@
 
 rule external_finetune:
     input:
+        settings="results/settings/external/{name}.yaml",
         weights=lambda wildcards: external_weights(wildcards.name),
     output:
         done="results/finetune/external/{name}/done.json",
-    params:
-        job=lambda wildcards: config["external"][wildcards.name],
     log:
         "results/logs/external/{name}.log",
     benchmark:
@@ -19,5 +18,6 @@ rule external_finetune:
         runtime=2880,
     conda:
         "../envs/data.yaml"
-    script:
-        "../workflow_scripts/external.py"
+    shell:
+        "depthcontrast --log {log} external --job {wildcards.name} --settings {input.settings}"
+        " --weights {input.weights} --out results/finetune/external/{wildcards.name}"

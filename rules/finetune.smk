@@ -3,13 +3,11 @@
 
 rule finetune:
     input:
+        settings="results/settings/evaluate/{task}.yaml",
         checkpoint="results/pretrain/{run}/last.pth",
-        index=lambda wildcards: f"results/shards/{config['evaluate']['tasks'][wildcards.task]['dataset']}/index.json",
+        shards=lambda wildcards: f"results/shards/{config['evaluate']['tasks'][wildcards.task]['dataset']}/index.json",
     output:
         metrics="results/finetune/{run}/{task}/metrics.json",
-    params:
-        task=lambda wildcards: config["evaluate"]["tasks"][wildcards.task],
-        settings=lambda wildcards: {k: v for k, v in config["evaluate"].items() if k != "tasks"},
     log:
         "results/logs/finetune/{run}/{task}.log",
     benchmark:
@@ -20,5 +18,7 @@ rule finetune:
         runtime=120,
     conda:
         "../envs/data.yaml"
-    script:
-        "../workflow_scripts/finetune.py"
+    shell:
+        "depthcontrast --log {log} evaluate --task {wildcards.task} --settings {input.settings}"
+        " --checkpoint {input.checkpoint} --shards {input.shards}"
+        " --out results/finetune/{wildcards.run}/{wildcards.task}"

@@ -3,13 +3,11 @@
 
 rule preprocess:
     input:
+        settings="results/settings/preprocess/{dataset}.yaml",
         manifest="results/raw/{dataset}/MANIFEST.json",
     output:
         index="results/shards/{dataset}/index.json",
         quarantine="results/shards/{dataset}/quarantine.json",
-    params:
-        format=lambda wildcards: dataset_entry(wildcards)["format"],
-        preprocess=lambda wildcards: dataset_entry(wildcards)["preprocess"],
     log:
         "results/logs/preprocess/{dataset}.log",
     benchmark:
@@ -20,5 +18,6 @@ rule preprocess:
         runtime=600,
     conda:
         "../envs/data.yaml"
-    script:
-        "../workflow_scripts/preprocess.py"
+    shell:
+        "depthcontrast --log {log} preprocess --dataset {wildcards.dataset} --settings {input.settings}"
+        " --manifest {input.manifest} --out results/shards/{wildcards.dataset} --workers {threads}"

@@ -7,16 +7,12 @@
 
 rule pretrain:
     input:
-        indexes=pretrain_shard_indexes,
+        settings="results/settings/pretrain/{run}.yaml",
+        shards=pretrain_shard_indexes,
     output:
         last="results/pretrain/{run}/last.pth",
         metrics="results/pretrain/{run}/metrics.csv",
         config="results/pretrain/{run}/config.yaml",
-    params:
-        run_json=lambda wildcards: shell_quoted_json(training_settings(wildcards)),
-        shards=lambda wildcards, input: " ".join(os.path.dirname(path) for path in input.indexes),
-        out=lambda wildcards: f"results/pretrain/{wildcards.run}",
-        tasks=task_layout,
     log:
         "results/logs/pretrain/{run}.log",
     benchmark:
@@ -28,6 +24,6 @@ rule pretrain:
         "../envs/data.yaml"
     shell:
         # exec: the trainer takes the shell's place, so Slurm's SIGTERM reaches it with nothing in between
-        "exec depthcontrast pretrain {wildcards.run} --run-json {params.run_json} --shards {params.shards}"
-        " --out {params.out} --resume {params.tasks} --gpus-per-task {resources.gpus_per_task}"
-        " --cpus-per-task {resources.cpus_per_task} > {log} 2>&1"
+        "exec depthcontrast --log {log} pretrain {wildcards.run} --settings {input.settings} --shards {input.shards}"
+        " --out results/pretrain/{wildcards.run} --resume --gpus-per-task {resources.gpus_per_task}"
+        " --cpus-per-task {resources.cpus_per_task}"

@@ -21,7 +21,7 @@ rule summary:
         ),
     params:
         runs=enabled_runs(),
-        tasks=evaluated_tasks(config),
+        evaluations=evaluations(),
     log:
         "results/logs/summary.log",
     benchmark:
@@ -32,5 +32,5 @@ rule summary:
         runtime=10,
     conda:
         "../envs/data.yaml"
-    script:
-        "../workflow_scripts/summary.py"
+    shell:
+        "depthcontrast --log {log} summarize --results results --runs {params.runs} --evaluations {params.evaluations}"

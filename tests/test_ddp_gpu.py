@@ -15,7 +15,6 @@ CPU twins of both (gloo) are in tests/test_train.py and tests/test_slurm.py. Run
 from __future__ import annotations
 
 import csv
-import json
 import os
 import signal
 import statistics
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from depthcontrast.checkpoint import load_checkpoint
 from depthcontrast.data.records import Sample
@@ -72,9 +72,11 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def torchrun(gpus: int, run: dict, shards: Path, out: Path, *extra: str) -> subprocess.Popen:
+    settings = out.parent / f"{out.name}.settings.yaml"  # as the workflow writes it for the run
+    settings.write_text(yaml.safe_dump({"pretrain": {"ddp": run}}))
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
-        "-m", "depthcontrast", "pretrain", "ddp", "--run-json", json.dumps(run), "--shards", str(shards),
+        "-m", "depthcontrast", "pretrain", "ddp", "--settings", str(settings), "--shards", str(shards),
         "--out", str(out), "--device", "cuda", *extra,
     ]  # fmt: skip
     env = {**os.environ, "NCCL_NVLS_ENABLE": "0", "OMP_NUM_THREADS": "2"}

@@ -1,6 +1,6 @@
 """Export to downstream layouts (VoteNet/H3DNet, plain, OpenPCDet for PointNet-MSG and sparse-UNet runs, and
-the voxel targets' layouts) and the import of the seed's released checkpoints, on real checkpoints written by
-save_checkpoint / torch.save."""
+the voxel targets' layouts) and the import of the original DepthContrast code's released checkpoints, on real
+checkpoints written by save_checkpoint / torch.save."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from depthcontrast.checkpoint import (
 )
 from depthcontrast.config import validate_config
 from depthcontrast.errors import ConfigError
-from depthcontrast.export import ExportError, SeedImportError, export_checkpoint, import_seed_checkpoint
+from depthcontrast.export import ExportError, OriginalImportError, export_checkpoint, import_original_checkpoint
 from depthcontrast.export.layouts import (
     minkunet_seg_layout,
     minkunet_seg_loader_view,
@@ -50,7 +50,7 @@ from tests.test_pointnet2_msg import pointrcnn_backbone_shapes
 TINY_NPOINTS = (64, 32, 16, 8)
 QUEUE = 64
 EPOCH = 3
-SEED_EPOCH = 150
+ORIGINAL_EPOCH = 150
 
 
 def votenet_backbone_shapes(scale: int) -> dict[str, list[int]]:
@@ -212,8 +212,8 @@ def test_a_truncated_checkpoint_gives_the_checkpoint_modules_error(checkpoint: P
     assert not (tmp_path / "out").exists()
 
 
-# ------------------------------------------------------------------------------------------- seed import
-def seed_trunk(scale: int, head: list[int], seed: int) -> dict[str, torch.Tensor]:
+# --------------------------------------------------------------------------------------- original import
+def original_trunk(scale: int, head: list[int], seed: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     encoder = PointNetEncoder(scale=scale, mlp_dims=head, npoints=TINY_NPOINTS)
     with torch.no_grad():
@@ -221,9 +221,9 @@ def seed_trunk(scale: int, head: list[int], seed: int) -> dict[str, torch.Tensor
     return encoder.state_dict()
 
 
-def write_seed_checkpoint(path: Path, scale: int, head: list[int], joint: bool = False, **extra) -> dict:
-    """A file in the seed's layout (SEED_FACTS §7), saved in torch 1.5's legacy (non-zip) format."""
-    model = {f"module.trunk.{i}.{k}": v for i in (0, 1) for k, v in seed_trunk(scale, head, seed=i).items()}
+def write_original_checkpoint(path: Path, scale: int, head: list[int], joint: bool = False, **extra) -> dict:
+    """A file in the original DepthContrast code's layout, saved in torch 1.5's legacy (non-zip) format."""
+    model = {f"module.trunk.{i}.{k}": v for i in (0, 1) for k, v in original_trunk(scale, head, seed=i).items()}
     criterion = {"queue": F.normalize(torch.randn(head[-1], QUEUE), dim=0), "queue_ptr": torch.tensor([QUEUE // 2])}
     if joint:
         for trunk in (2, 3):
@@ -232,43 +232,43 @@ def write_seed_checkpoint(path: Path, scale: int, head: list[int], joint: bool =
             model[f"module.trunk.{trunk}.head.clf.0.linear.weight"] = torch.randn(256, 256)
         criterion |= {"queue_other": torch.randn(head[-1], QUEUE), "queue_other_ptr": torch.tensor([0])}
     optimizer = {"state": {}, "param_groups": [{"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4, "params": [0, 1]}]}
-    state = {"epoch": SEED_EPOCH, "model": model, "optimizer": optimizer, "train_criterion": criterion, **extra}
+    state = {"epoch": ORIGINAL_EPOCH, "model": model, "optimizer": optimizer, "train_criterion": criterion, **extra}
     torch.save(state, path, _use_new_zipfile_serialization=False)
     return state
 
 
 @pytest.mark.parametrize(("scale", "head"), [(1, [512, 512, 128]), (3, [768, 512, 128])])
-def test_seed_checkpoint_imports_and_exports_to_votenet_with_the_seeds_own_keys_and_values(
+def test_an_original_checkpoint_imports_and_exports_to_votenet_with_its_own_keys_and_values(
     tmp_path: Path, scale: int, head: list[int]
 ):
-    seed = write_seed_checkpoint(tmp_path / "checkpoint-ep150.pth.tar", scale, head)
-    out = import_seed_checkpoint(tmp_path / "checkpoint-ep150.pth.tar", tmp_path / "imported.pth")
+    original = write_original_checkpoint(tmp_path / "checkpoint-ep150.pth.tar", scale, head)
+    out = import_original_checkpoint(tmp_path / "checkpoint-ep150.pth.tar", tmp_path / "imported.pth")
     state = load_checkpoint(out)
     config = state["config"]
     assert config["backbone"]["scale"] == scale and config["backbone"]["head_dims"] == head
     assert config["loss"]["num_negatives"] == QUEUE and config["loss"]["embedding_dim"] == head[-1]
     build_model(config).load_state_dict(state["model"], strict=True)
-    assert torch.equal(state["model"]["queue_point"], seed["train_criterion"]["queue"])
+    assert torch.equal(state["model"]["queue_point"], original["train_criterion"]["queue"])
     assert int(state["model"]["queue_ptr_point"][0]) == QUEUE // 2
-    assert state["epoch"] == SEED_EPOCH and state["optimizer"] is None
+    assert state["epoch"] == ORIGINAL_EPOCH and state["optimizer"] is None
     assert state["imported_from"]["sha256"] == sha256_file(tmp_path / "checkpoint-ep150.pth.tar")
     assert state["imported_from"]["left_out"] == []
 
     weights, _ = export_checkpoint(out, "votenet", tmp_path / "export")
     exported = torch.load(weights, weights_only=True)["model"]
-    trunk0 = {k: v for k, v in seed["model"].items() if k.startswith("module.trunk.0.")}
+    trunk0 = {k: v for k, v in original["model"].items() if k.startswith("module.trunk.0.")}
     assert set(exported) == set(trunk0)
     assert all(torch.equal(exported[k], v) for k, v in trunk0.items())
     backbone = {k: v for k, v in forks_key_transformation(exported).items() if ".head." not in k}
     assert {k: list(v.shape) for k, v in backbone.items()} == votenet_backbone_shapes(scale)
 
 
-def test_joint_seed_checkpoint_imports_its_point_trunks_and_reports_the_voxel_ones(
+def test_a_joint_original_checkpoint_imports_its_point_trunks_and_reports_the_voxel_ones(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
-    write_seed_checkpoint(tmp_path / "joint.pth.tar", 1, [512, 512, 128], joint=True)
+    write_original_checkpoint(tmp_path / "joint.pth.tar", 1, [512, 512, 128], joint=True)
     with caplog.at_level(logging.WARNING):
-        out = import_seed_checkpoint(tmp_path / "joint.pth.tar", tmp_path / "imported.pth")
+        out = import_original_checkpoint(tmp_path / "joint.pth.tar", tmp_path / "imported.pth")
     state = load_checkpoint(out)
     assert state["imported_from"]["left_out"] == [
         "module.trunk.2.* (voxel query encoder (MinkUNet))",
@@ -281,28 +281,28 @@ def test_joint_seed_checkpoint_imports_its_point_trunks_and_reports_the_voxel_on
     build_model(state["config"]).load_state_dict(state["model"], strict=True)
 
 
-def test_seed_checkpoint_with_arbitrary_pickle_is_refused_unless_trusted(tmp_path: Path):
+def test_an_original_checkpoint_with_arbitrary_pickle_is_refused_unless_trusted(tmp_path: Path):
     path = tmp_path / "checkpoint-ep100.pth.tar"
-    write_seed_checkpoint(path, 1, [512, 512, 128], args=argparse.Namespace(lr=0.12))
-    with pytest.raises(SeedImportError, match="trust_pickle=True") as caught:
-        import_seed_checkpoint(path, tmp_path / "imported.pth")
+    write_original_checkpoint(path, 1, [512, 512, 128], args=argparse.Namespace(lr=0.12))
+    with pytest.raises(OriginalImportError, match="trust_pickle=True") as caught:
+        import_original_checkpoint(path, tmp_path / "imported.pth")
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "imported.pth").exists()
-    import_seed_checkpoint(path, tmp_path / "imported.pth", trust_pickle=True)
-    assert load_checkpoint(tmp_path / "imported.pth")["epoch"] == SEED_EPOCH
+    import_original_checkpoint(path, tmp_path / "imported.pth", trust_pickle=True)
+    assert load_checkpoint(tmp_path / "imported.pth")["epoch"] == ORIGINAL_EPOCH
 
 
-def test_truncated_or_foreign_seed_files_are_clear_errors(tmp_path: Path, checkpoint: Path):
+def test_truncated_or_foreign_original_files_are_clear_errors(tmp_path: Path, checkpoint: Path):
     path = tmp_path / "checkpoint-ep150.pth.tar"
-    write_seed_checkpoint(path, 1, [512, 512, 128])
+    write_original_checkpoint(path, 1, [512, 512, 128])
     path.write_bytes(path.read_bytes()[:5000])
-    with pytest.raises(SeedImportError, match="truncated or corrupt"):
-        import_seed_checkpoint(path, tmp_path / "imported.pth")
-    with pytest.raises(SeedImportError, match="already a depthcontrast-pipeline checkpoint"):
-        import_seed_checkpoint(checkpoint, tmp_path / "imported.pth")
+    with pytest.raises(OriginalImportError, match="truncated or corrupt"):
+        import_original_checkpoint(path, tmp_path / "imported.pth")
+    with pytest.raises(OriginalImportError, match="already a depthcontrast-pipeline checkpoint"):
+        import_original_checkpoint(checkpoint, tmp_path / "imported.pth")
     torch.save({"model": {"module.trunk.0.conv0p1s1.kernel": torch.zeros(1)}}, path)
-    with pytest.raises(SeedImportError, match=r"no module\.trunk\.1"):
-        import_seed_checkpoint(path, tmp_path / "imported.pth")
+    with pytest.raises(OriginalImportError, match=r"no module\.trunk\.1"):
+        import_original_checkpoint(path, tmp_path / "imported.pth")
     assert not (tmp_path / "imported.pth").exists()
 
 
@@ -325,8 +325,8 @@ def test_a_file_that_is_no_checkpoint_is_named_so_and_never_sent_to_trust_pickle
     path = tmp_path / name
     path.write_bytes(not_checkpoints()[name])
     assert saved_file_kind(path) == NOT_PICKLED
-    with pytest.raises(SeedImportError) as caught:
-        import_seed_checkpoint(path, tmp_path / "imported.pth")
+    with pytest.raises(OriginalImportError) as caught:
+        import_original_checkpoint(path, tmp_path / "imported.pth")
     message = str(caught.value)
     assert message.startswith(f"{path}: not a checkpoint: neither a torch.save file nor a pickle")
     assert "trust" not in message and "\n" not in message
@@ -337,7 +337,7 @@ def test_a_file_that_is_no_checkpoint_is_named_so_and_never_sent_to_trust_pickle
 def test_the_cli_names_a_text_file_as_no_checkpoint_in_one_line(tmp_path: Path):
     path = tmp_path / "checkpoint-ep150.pth.tar"
     path.write_text("<html>please log in</html>")
-    result = run_cli("import-seed", str(path), "--out", str(tmp_path / "imported.pth"))
+    result = run_cli("import-original", str(path), "--out", str(tmp_path / "imported.pth"))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"depthcontrast: error: {path}: not a checkpoint: neither a torch.save file nor a pickle (it starts with "
@@ -345,17 +345,26 @@ def test_the_cli_names_a_text_file_as_no_checkpoint_in_one_line(tmp_path: Path):
     ]
 
 
+def test_import_seed_still_works_as_a_deprecated_name_of_import_original(tmp_path: Path):
+    write_original_checkpoint(tmp_path / "checkpoint-ep150.pth.tar", 1, [512, 512, 128])
+    result = run_cli("import-seed", str(tmp_path / "checkpoint-ep150.pth.tar"), "--out", str(tmp_path / "imported.pth"))
+    assert result.returncode == 0, result.stderr
+    assert "WARNING depthcontrast: `depthcontrast import-seed` is deprecated" in result.stderr
+    assert "use `depthcontrast import-original`" in result.stderr
+    assert load_checkpoint(tmp_path / "imported.pth")["epoch"] == ORIGINAL_EPOCH
+
+
 def test_a_zip_checkpoint_with_arbitrary_pickle_is_sent_to_trust_pickle(tmp_path: Path):
     path = tmp_path / "checkpoint-ep100.pth.tar"
-    seed = write_seed_checkpoint(path, 1, [512, 512, 128])
-    torch.save({**seed, "args": argparse.Namespace(lr=0.12)}, path)  # torch.save's zip archive this time
-    with pytest.raises(SeedImportError, match=r"trust_pickle=True \(--trust-pickle\)"):
-        import_seed_checkpoint(path, tmp_path / "imported.pth")
+    original = write_original_checkpoint(path, 1, [512, 512, 128])
+    torch.save({**original, "args": argparse.Namespace(lr=0.12)}, path)  # torch.save's zip archive this time
+    with pytest.raises(OriginalImportError, match=r"trust_pickle=True \(--trust-pickle\)"):
+        import_original_checkpoint(path, tmp_path / "imported.pth")
 
 
 def test_saved_file_kind_tells_pickles_from_damaged_ones_without_unpickling(tmp_path: Path):
     legacy, archive, plain = tmp_path / "legacy.pth", tmp_path / "archive.pth", tmp_path / "plain.pkl"
-    write_seed_checkpoint(legacy, 1, [512, 512, 128], args=argparse.Namespace(lr=0.12))
+    write_original_checkpoint(legacy, 1, [512, 512, 128], args=argparse.Namespace(lr=0.12))
     torch.save({"args": argparse.Namespace(lr=0.12)}, archive)
     plain.write_bytes(pickle.dumps({"lr": 0.12}, protocol=4))
     assert [saved_file_kind(path) for path in (legacy, archive, plain)] == [PICKLED] * 3
@@ -632,7 +641,7 @@ def test_unet_openpcdet_export_gives_the_fork_spconv_1_weights_as_trunk_2(unet_c
     file = torch.load(weights, weights_only=True)
     trunk = file["classy_state_dict"]["base_model"]["model"]["trunk"]
     source = voxel_query_encoder(unet_checkpoint)
-    assert set(trunk) == {f"2.{k}" for k in source}  # the whole query encoder, head included, as the seed saved it
+    assert set(trunk) == {f"2.{k}" for k in source}  # the whole query encoder, head included, as the original saved it
     assert trunk["2.conv_input.0.weight"].shape == (3, 3, 3, 4, 16)  # spconv 1.x: [k, k, k, in, out]
     assert torch.equal(trunk["2.conv_up_m4.0.weight"], source["conv_up_m4.0.weight"].permute(1, 2, 3, 4, 0))
     assert torch.equal(trunk["2.conv_up_m4.1.running_mean"], source["conv_up_m4.1.running_mean"])

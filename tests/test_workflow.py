@@ -17,7 +17,7 @@ import yaml
 from depthcontrast.checkpoint import load_checkpoint
 from depthcontrast.data.shard_dataset import ShardDataset
 from depthcontrast.io_utils import sha256_file
-from tests.conftest import run_snakemake
+from tests.conftest import run_cli, run_snakemake
 
 pytestmark = pytest.mark.slow
 DATASETS = ("demo_indoor", "demo_lidar")
@@ -122,6 +122,31 @@ def test_an_enabled_external_job_runs_on_the_exported_weights(built_repo: Path):
     assert json.loads((out / "done.json").read_text())["exit_status"] == 0
 
 
+def test_each_job_reads_its_settings_from_a_file_holding_only_what_changes_its_result(built_repo: Path):
+    config = yaml.safe_load((built_repo / "config.yaml").read_text())
+    settings = built_repo / "results/settings"
+    run = yaml.safe_load((settings / "pretrain/demo_pointnet.yaml").read_text())["pretrain"]["demo_pointnet"]
+    assert run["resources"] == {"nodes": 1, "tasks_per_node": 1}  # the global batch: batch_size x tasks
+    assert {"enabled", "export_targets"}.isdisjoint(run) and run["epochs"] == DEMO_EPOCHS
+    download = yaml.safe_load((settings / "download/demo_lidar.yaml").read_text())
+    assert download == {"datasets": {"demo_lidar": {"source": config["datasets"]["demo_lidar"]["source"]}}}
+    evaluate = yaml.safe_load((settings / "evaluate/indoor_seg.yaml").read_text())["evaluate"]
+    assert list(evaluate["tasks"]) == ["indoor_seg"] and evaluate["seeds"] == [0, 1]
+    log = (built_repo / "results/logs/pretrain/demo_pointnet.log").read_text()
+    assert "epoch 1 step" in log and "depthcontrast: error" not in log
+
+
+def test_a_job_given_a_broken_settings_file_fails_in_one_line_of_its_log(built_repo: Path, tmp_path: Path):
+    broken = tmp_path / "settings.yaml"
+    broken.write_text("pretrain:\n  demo_pointnet:\n    datasets: [demo_indoor]\n    optimizer: {lr: fast}\n")
+    log = tmp_path / "pretrain.log"
+    result = run_cli("--log", str(log), "pretrain", "demo_pointnet", "--settings", str(broken), cwd=built_repo)
+    assert result.returncode == 2 and result.stdout == result.stderr == ""
+    assert log.read_text().splitlines() == [
+        f"depthcontrast: error: {broken}: pretrain.demo_pointnet.optimizer.lr: 'fast' is not of type 'number'"
+    ]
+
+
 def test_changing_export_targets_reruns_only_export(built_repo: Path):
     with edited_config(built_repo) as config:
         config["pretrain"]["demo_pointnet"]["export_targets"] = ["votenet", "plain", "h3dnet"]
@@ -131,6 +156,24 @@ def test_changing_export_targets_reruns_only_export(built_repo: Path):
 
 def test_a_finished_dag_has_nothing_left_to_do(built_repo: Path):
     assert planned_jobs(built_repo) == {}
+
+
+def test_editing_a_runs_slurm_resources_or_enabled_flag_reruns_nothing(built_repo: Path):
+    with edited_config(built_repo) as config:
+        run = config["pretrain"]["demo_pointnet"]
+        run["enabled"] = True
+        run["resources"] = {**run.get("resources", {}), "cpus_per_task": 1, "mem_mb": 9000, "runtime": 60}
+        write_config(built_repo, config)
+        assert planned_jobs(built_repo) == {}
+
+
+def test_more_tasks_per_node_rerun_pretraining_and_what_follows(built_repo: Path):
+    with edited_config(built_repo) as config:
+        config["pretrain"]["demo_pointnet"]["resources"] = {"tasks_per_node": 2}
+        write_config(built_repo, config)
+        assert planned_jobs(built_repo) == {
+            "settings": 1, "pretrain": 1, "export": 2, "finetune": 2, "summary": 1, "external_finetune": 1, "all": 1
+        }  # fmt: skip
 
 
 def test_forcerun_preprocess_reruns_preprocess_and_downstream_but_never_download(built_repo: Path):
@@ -144,9 +187,10 @@ def test_until_preprocess_and_a_changed_param_rerun_only_that_dataset_downstream
         config["datasets"]["demo_lidar"]["preprocess"]["min_points"] = 600
         write_config(built_repo, config)
         assert planned_jobs(built_repo) == {
-            "preprocess": 1, "pretrain": 1, "export": 2, "finetune": 2, "summary": 1, "external_finetune": 1, "all": 1
+            "settings": 1, "preprocess": 1, "pretrain": 1, "export": 2, "finetune": 2, "summary": 1,
+            "external_finetune": 1, "all": 1,
         }  # fmt: skip
-        assert planned_jobs(built_repo, "--until", "preprocess") == {"preprocess": 1}
+        assert planned_jobs(built_repo, "--until", "preprocess") == {"settings": 1, "preprocess": 1}
 
 
 def test_a_changed_pretraining_param_reruns_only_pretrain(built_repo: Path):
@@ -154,6 +198,7 @@ def test_a_changed_pretraining_param_reruns_only_pretrain(built_repo: Path):
         config["pretrain"]["demo_pointnet"]["optimizer"]["lr"] = 0.01
         write_config(built_repo, config)
         assert planned_jobs(built_repo) == {
+            "settings": 1,
             "pretrain": 1,
             "export": 2,
             "finetune": 2,

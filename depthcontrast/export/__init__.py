@@ -1,6 +1,7 @@
-"""Export pretrained encoders to downstream codebases' layouts, and import the seed's checkpoints."""
+"""Export pretrained encoders to downstream code bases' layouts, and import checkpoints of the original
+DepthContrast code."""
 
-from depthcontrast.export.seed_import import SeedImportError, import_seed_checkpoint
+from depthcontrast.export.original_import import OriginalImportError, import_original_checkpoint
 from depthcontrast.export.targets import KNOWN_TARGETS, ExportError, export_checkpoint
 
-__all__ = ["KNOWN_TARGETS", "ExportError", "SeedImportError", "export_checkpoint", "import_seed_checkpoint"]
+__all__ = ["KNOWN_TARGETS", "ExportError", "OriginalImportError", "export_checkpoint", "import_original_checkpoint"]
