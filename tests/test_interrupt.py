@@ -119,7 +119,7 @@ def test_with_debug_an_aborted_run_shows_its_traceback_and_still_ends(shards: Pa
 def test_ctrl_c_during_a_download_is_one_line_and_exit_130(tmp_path: Path):
     assert CLI_EXIT_INTERRUPTED == EXIT_INTERRUPTED
     with FileServer() as server:
-        url = server.add("/scan.ply", b"ply\n" * 1000, stall_first=1, stall_s=5.0)
+        url = server.add("/scan.ply", b"ply\n" * 1000, stall_first=1, stall_s=30.0)  # longer than any delay here
         config = tmp_path / "config.yaml"
         source = {"kind": "http", "urls": [{"url": url, "sha256": "0" * 64}]}
         config.write_text(yaml.safe_dump({"datasets": {"scans": {"source": source}}, "pretrain": {}}))
@@ -129,6 +129,6 @@ def test_ctrl_c_during_a_download_is_one_line_and_exit_130(tmp_path: Path):
         wait_for(lambda: bool(server.hits_for("/scan.ply")), victim)  # the transfer has started, and stalls
         victim.send_signal(signal.SIGINT)
         _, stderr = victim.communicate(timeout=30)
-    assert victim.returncode == CLI_EXIT_INTERRUPTED
+    assert victim.returncode == CLI_EXIT_INTERRUPTED, stderr
     assert "Traceback" not in stderr
     assert stderr.splitlines()[-1] == "depthcontrast: interrupted"
