@@ -24,6 +24,9 @@ from depthcontrast.run_status import FINISHED, NOT_RUN, RunStatus, run_status
 
 METRIC = "miou"
 PLOT_DPI = 110
+# an incomplete summary's date: older than every result, so the `summary` rule rebuilds it; not 0, which Snakemake
+# takes for "no date" and never compares with its inputs'
+INCOMPLETE_MTIME_S = 1
 
 
 def _read_metrics(path: Path) -> list[dict[str, str]]:
@@ -176,7 +179,7 @@ def summarize_results(results: Path, runs: Sequence[str], tasks: Mapping[str, Se
     summary = results / "summary.md"
     write_summary(finished, downstream, summary, results / "report", unfinished)
     if unfinished:
-        os.utime(summary, (0, 0))
+        os.utime(summary, (INCOMPLETE_MTIME_S, INCOMPLETE_MTIME_S))
     return statuses
 
 
