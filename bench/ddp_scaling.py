@@ -75,7 +75,7 @@ def timed_all_gathers(device: torch.device, record: list[float]) -> Iterator[Non
 def measure(trainer: Trainer, steps: int, warmup: int) -> dict[str, float]:
     """Median split of synchronised steps, then global samples/s over unsynchronised steps."""
     device, module, optimizer = trainer.device, trainer.module, trainer.optimizer
-    global_batch = trainer.run["batch_size"] * trainer.world.world_size
+    global_batch = trainer.run.batch_size * trainer.world.world_size
 
     def endless_batches() -> Iterator[dict[str, torch.Tensor]]:
         while True:

@@ -62,13 +62,14 @@ def write_shards(folder: Path, frames: int) -> Path:
 
 def run_settings(scale: int, precision: str, batch: int, points: int, workers: int) -> dict:
     return {
-        "datasets": ["bench"],
+        "datasets": ["bench"], "representations": ["point"],
         "backbone": {"name": "pointnet2_ssg", "scale": scale, "npoints": [2048, 1024, 512, 256], "head_dims": None},
         "augmentations": "indoor", "augmentation_overrides": {}, "points_per_view": points,
         "batch_size": batch, "epochs": 1000,
         "optimizer": {"name": "sgd", "lr": 0.12, "momentum": 0.9, "weight_decay": 1e-4, "nesterov": False},
         "schedule": {"name": "cosine", "final_lr": 0.00012, "warmup_epochs": 0, "per_step": False},
-        "loss": {"temperature": 0.1, "num_negatives": 131072, "embedding_dim": 128, "momentum": 0.999},
+        "loss": {"temperature": 0.1, "num_negatives": 131072, "embedding_dim": 128, "momentum": 0.999,
+                 "loss_types": None, "within_format_weights": None, "across_format_weights": None},
         "precision": precision, "grad_clip_norm": None, "checkpoint_every_epochs": 10,
         "num_workers": workers, "verify_shards": True, "seed": 0, "deterministic": False, "log_every_steps": 10,
     }  # fmt: skip
@@ -126,10 +127,10 @@ def measure(trainer: Trainer, steps: int, warmup: int) -> dict[str, float]:
     data_start = time.perf_counter()
     for _ in range(steps):
         next(batches)
-    data_only = steps * trainer.run["batch_size"] / (time.perf_counter() - data_start)
+    data_only = steps * trainer.run.batch_size / (time.perf_counter() - data_start)
     result = {key: statistics.median(values) for key, values in split.items()}
     result["data_only_samples_per_s"] = data_only
-    result["samples_per_s"] = steps * trainer.run["batch_size"] / elapsed
+    result["samples_per_s"] = steps * trainer.run.batch_size / elapsed
     result["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return result
 

@@ -1,8 +1,9 @@
 """Training checkpoints: written atomically, loaded with validation and clear errors.
 
 A checkpoint holds everything needed to continue a run bit-for-bit where it stopped: model (both
-encoders and the queues, which are buffers), optimizer, scheduler, AMP scaler, epoch/step, the RNG
-states of every rank, the resolved config and the package version. Only plain types and tensors are
+encoders and the queues, which are buffers), optimizer, scheduler, epoch/step, the RNG states of every
+rank, the resolved config and the package version (bf16 autocast needs no loss scaler; files written with a
+`scaler` entry, always None, load as before). Only plain types and tensors are
 stored, so files load with `weights_only=True` (no arbitrary pickle).
 """
 
@@ -66,7 +67,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
-            f"{path}: not a depthcontrast-pipeline checkpoint (seed checkpoints: use the model-zoo import)"
+            f"{path}: not a depthcontrast-pipeline checkpoint (a checkpoint of the original DepthContrast code: use "
+            "`depthcontrast import-original`)"
         )
     missing = [key for key in REQUIRED_KEYS if key not in state]
     if missing:

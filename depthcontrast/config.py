@@ -17,10 +17,11 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
 from depthcontrast.architectures import (
+    SCHEMA_ENUMS,
     default_export_targets,
     describe_encoders,
     run_encoders,
-    source_format,
+    source_representation,
     what_target_needs,
 )
 from depthcontrast.errors import ConfigError
@@ -30,8 +31,11 @@ from depthcontrast.yaml_numbers import yaml_number_hint
 SCHEMA_FILE = "config.schema.yaml"
 
 
+ENUM_FROM_TABLE = "x-enum"  # in the schema file: `x-enum: <SCHEMA_ENUMS key>` stands for that table's names
+
+
 def load_schema() -> dict[str, Any]:
-    """The config schema shipped inside the package (a fresh copy each call)."""
+    """The config schema shipped inside the package, its `x-enum` tables filled in (a fresh copy each call)."""
     return copy.deepcopy(_parsed_schema())
 
 
@@ -39,7 +43,27 @@ def load_schema() -> dict[str, Any]:
 def _parsed_schema() -> dict[str, Any]:
     """The schema file parsed once per process (with libyaml when PyYAML has it: 10x faster)."""
     text = resources.files("depthcontrast.schemas").joinpath(SCHEMA_FILE).read_text()
-    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    return _with_enums(yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
+
+
+def _with_enums(node: Any) -> Any:
+    """`node` with every `x-enum: <table>` replaced by `enum: [<the table's names>]` (architectures.SCHEMA_ENUMS)."""
+    if isinstance(node, list):
+        return [_with_enums(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    filled = {key: _with_enums(value) for key, value in node.items() if key != ENUM_FROM_TABLE}
+    if ENUM_FROM_TABLE in node:
+        filled["enum"] = list(SCHEMA_ENUMS[node[ENUM_FROM_TABLE]])
+    return filled
+
+
+def schema_part(*keys: str) -> Any:
+    """The loaded schema's node at `keys`, e.g. schema_part("$defs", "backbone_ssg", "properties", "npoints")."""
+    node: Any = _parsed_schema()
+    for key in keys:
+        node = node[key]
+    return copy.deepcopy(node)
 
 
 def _with_defaults(validator_class: type) -> type:
@@ -131,6 +155,20 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
     return filled
 
 
+def validate_part(value: Any, definition: str, key: Key, source: str) -> Any:
+    """A validated deep copy of one block of a config, e.g. a checkpoint's stored `backbone` block, against the
+    schema at `definition` (a JSON pointer such as "#/$defs/pretrain_run/properties/backbone"), defaults filled;
+    an error is one line naming `key` (where the block sits in a config)."""
+    schema = load_schema()
+    filled = copy.deepcopy(value)
+    for _ in range(2):  # the second pass checks the defaults filled inside conditional branches
+        errors = list(_DefaultFillingValidator({"$ref": definition, "$defs": schema["$defs"]}).iter_errors(filled))
+        if errors:
+            error = _schema_error(_deepest(errors), source)
+            raise ConfigKeyError(source, (*key, *error.key), error.detail, (*key, *error.blame), error.hint)
+    return filled
+
+
 def _check_references(config: dict[str, Any], source: str) -> None:
     """Cross-key checks the schema cannot express: runs and evaluation tasks name configured datasets, a run's
     export targets fit its encoders, its time-limit signal comes before its time limit, and a dataset's
@@ -175,13 +213,14 @@ def _check_point_limits(name: str, preprocess: dict[str, Any], source: str) -> N
 
 
 def _check_encoders(run: str, settings: dict[str, Any], source: str) -> None:
-    """A voxel format has a voxel encoder, and every export target can be made from the run's encoders."""
-    if "voxel" in (settings.get("formats") or []) and not settings.get("voxel_backbone"):
-        detail = "formats lists voxel, but the run has no voxel_backbone block"
-        raise ConfigKeyError(source, ("pretrain", run), detail, blame=("pretrain", run, "formats"))
+    """The voxel representation has a voxel encoder, and every export target can be made from the run's
+    encoders."""
+    if "voxel" in settings["representations"] and not settings.get("voxel_backbone"):
+        detail = "representations lists voxel, but the run has no voxel_backbone block"
+        raise ConfigKeyError(source, ("pretrain", run), detail, blame=("pretrain", run, "representations"))
     encoders = run_encoders(settings)
     for target in settings["export_targets"]:
-        if source_format(target, encoders) is None:
+        if source_representation(target, encoders) is None:
             detail = (
                 f"{target!r} needs {what_target_needs(target)}, but the run trains {describe_encoders(encoders)}; "
                 "drop the target or change the backbone"

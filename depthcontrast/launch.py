@@ -1,11 +1,11 @@
-"""Where this process sits in a distributed run: torchrun, Slurm's srun, or the seed's own flags.
+"""Where this process sits in a distributed run: torchrun, Slurm's srun, or the original DepthContrast code's flags.
 
 Three ways to start N processes, one rule for rank/world:
 - torchrun / torch.distributed.run: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT are set.
 - srun (one task per GPU): SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_JOB_NODELIST in a job step
   (SLURM_STEP_ID; a batch script has SLURM_PROCID=0 too, but is one process); the first node of the
   allocation is the rendezvous host, the port is derived from the job id.
-- the seed's `--multiprocessing-distributed --world-size NODES --rank NODE --ngpus G --dist-url URL`:
+- the original's `--multiprocessing-distributed --world-size NODES --rank NODE --ngpus G --dist-url URL`:
   this process spawns G workers; global rank = NODE * G + local, world = NODES * G.
 Otherwise: a single process (world size 1, no process group).
 """
@@ -75,11 +75,16 @@ def world_from_environment(env: dict[str, str] | None = None) -> WorldInfo:
     return WorldInfo(0, 1, 0, None)
 
 
-def world_from_seed_flags(node_rank: int, num_nodes: int, gpus_per_node: int, local: int, dist_url: str) -> WorldInfo:
-    """The seed's convention: `--world-size` counts nodes, `--rank` is the node, `--ngpus` per node."""
+def world_from_original_flags(
+    node_rank: int, num_nodes: int, gpus_per_node: int, local: int, dist_url: str
+) -> WorldInfo:
+    """The original's convention: `--world-size` counts nodes, `--rank` is the node, `--ngpus` per node."""
     if num_nodes < 1 or node_rank < 0 or node_rank >= num_nodes:
         raise ConfigError(f"--rank {node_rank} must be in [0, --world-size {num_nodes})")
     return WorldInfo(node_rank * gpus_per_node + local, num_nodes * gpus_per_node, local, dist_url)
+
+
+world_from_seed_flags = world_from_original_flags  # the old name, until stages/pretrain.py uses the new one
 
 
 def device_for(world: WorldInfo, requested: str = "auto") -> torch.device:

@@ -1,9 +1,9 @@
 """DepthContrast: two views → query / momentum key encoders → InfoNCE against MoCo queues.
 
-Formats are the input representations of a sample ("point", later "voxel"). Each format has a
+A representation is what of a sample an encoder reads ("point" or "voxel"). Each representation has a
 query encoder, a momentum copy of it that encodes keys, and a queue of past keys (negatives).
-With one format the loss is the within-format term `npid`; with two (first = point, second =
-other) the seed's four terms are computed:
+With one representation the loss is the within-representation term `npid`; with two (first = point,
+second = other) the original's four terms are computed:
 
     npid        query point, positive point key, negatives from the point queue
     npid_other  query other, positive other key, negatives from the other queue
@@ -11,8 +11,8 @@ other) the seed's four terms are computed:
     cmc_i2p     query other, positive point key, negatives from the point queue
 
 and the total adds, for each entry of `loss_types`: "NPID" → w0·npid + w1·npid_other,
-"CMC" → c0·cmc_p2i + c1·cmc_i2p (w = within_format_weights, c = across_format_weights). With one
-format the total is w0·npid, as in the seed.
+"CMC" → c0·cmc_p2i + c1·cmc_i2p (w = within_format_weights, c = across_format_weights: the original's
+names). With one representation the total is w0·npid, as in the original.
 """
 
 from __future__ import annotations
@@ -29,16 +29,17 @@ from torch import nn
 from depthcontrast.distributed import all_gather_no_grad, batch_shuffle, batch_unshuffle, world_info
 from depthcontrast.errors import ConfigError
 
-SEED_QUEUE_SIZE = 131072  # NUM_NEGATIVES, indoor (LiDAR: 65536)
-SEED_EMBEDDING_DIM = 128
-SEED_TEMPERATURE = 0.1
-SEED_MOMENTUM = 0.999  # hard-coded in the seed's model
-SEED_LOSS_TYPES = ("NPID",)
-SEED_WITHIN_FORMAT_WEIGHTS = (1.0, 0.0)
-SEED_ACROSS_FORMAT_WEIGHTS = (0.0, 0.0)
-SHUFFLED_FORMATS = ("point",)  # formats whose key batches are shuffled across ranks by default (seed)
+# the original's settings: the schema's loss defaults (one representation; tests/test_defaults.py checks them)
+ORIGINAL_QUEUE_SIZE = 131072  # NUM_NEGATIVES, indoor (LiDAR: 65536)
+ORIGINAL_EMBEDDING_DIM = 128
+ORIGINAL_TEMPERATURE = 0.1
+ORIGINAL_MOMENTUM = 0.999  # hard-coded in the original's model
+ORIGINAL_LOSS_TYPES = ("NPID",)
+ORIGINAL_WITHIN_FORMAT_WEIGHTS = (1.0, 0.0)
+ORIGINAL_ACROSS_FORMAT_WEIGHTS = (0.0, 0.0)
+SHUFFLED_REPRESENTATIONS = ("point",)  # whose key batches are shuffled across ranks by default (the original)
 LOSS_TYPES = ("NPID", "CMC")
-MAX_FORMATS = 2
+MAX_REPRESENTATIONS = 2
 
 
 def nce_logits(q: torch.Tensor, k_pos: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -60,18 +61,18 @@ def nce_loss(q: torch.Tensor, k_pos: torch.Tensor, queue: torch.Tensor, temperat
 
 @dataclass(frozen=True)
 class Term:
-    """One NCE term: queries of one format against keys (positive + queue) of another."""
+    """One NCE term: queries of one representation against keys (positive + queue) of another."""
 
     name: str
-    query_format: str
-    key_format: str
+    query_representation: str
+    key_representation: str
 
 
-def loss_terms(formats: Sequence[str]) -> list[Term]:
-    """The seed's terms for one format (npid) or two (npid, npid_other, cmc_p2i, cmc_i2p)."""
-    if len(formats) == 1:
-        return [Term("npid", formats[0], formats[0])]
-    point, other = formats
+def loss_terms(representations: Sequence[str]) -> list[Term]:
+    """The original's terms for one representation (npid) or two (npid, npid_other, cmc_p2i, cmc_i2p)."""
+    if len(representations) == 1:
+        return [Term("npid", representations[0], representations[0])]
+    point, other = representations
     return [
         Term("npid", point, point),
         Term("npid_other", other, other),
@@ -81,13 +82,13 @@ def loss_terms(formats: Sequence[str]) -> list[Term]:
 
 
 def term_weights(
-    num_formats: int,
+    num_representations: int,
     loss_types: Sequence[str],
     within_format_weights: Sequence[float],
     across_format_weights: Sequence[float],
 ) -> dict[str, float]:
     """Weight of each term in the total loss; terms not listed do not count."""
-    if num_formats == 1:
+    if num_representations == 1:
         return {"npid": float(within_format_weights[0])}
     weights: dict[str, float] = {}
     for loss_type in loss_types:
@@ -101,7 +102,7 @@ def term_weights(
 
 
 def _check_settings(
-    formats: Sequence[str],
+    representations: Sequence[str],
     queue_size: int,
     embedding_dim: int,
     temperature: float,
@@ -110,9 +111,13 @@ def _check_settings(
     weights: Mapping[str, Sequence[float]],
 ) -> None:
     problems = []
-    if not 1 <= len(formats) <= MAX_FORMATS:
-        problems.append(f"need 1 or {MAX_FORMATS} formats, got {list(formats)}")
-    problems += [f"format name {name!r} must be a Python identifier" for name in formats if not name.isidentifier()]
+    if not 1 <= len(representations) <= MAX_REPRESENTATIONS:
+        problems.append(f"need 1 or {MAX_REPRESENTATIONS} representations, got {list(representations)}")
+    problems += [
+        f"representation name {name!r} must be a Python identifier"
+        for name in representations
+        if not name.isidentifier()
+    ]
     if queue_size < 1:
         problems.append(f"queue size (num_negatives) must be ≥ 1, got {queue_size}")
     if embedding_dim < 1:
@@ -124,19 +129,19 @@ def _check_settings(
     unknown = [t for t in loss_types if t not in LOSS_TYPES]
     if not loss_types or unknown or len(set(loss_types)) != len(loss_types):
         problems.append(f"loss_types must be distinct entries of {list(LOSS_TYPES)}, got {list(loss_types)}")
-    if "CMC" in loss_types and len(formats) < 2:
-        problems.append("loss type CMC (cross-format) needs two formats")
+    if "CMC" in loss_types and len(representations) < 2:
+        problems.append("loss type CMC (cross-representation) needs two representations")
     problems += [f"{key} must hold 2 numbers, got {list(value)}" for key, value in weights.items() if len(value) != 2]
     if problems:
         raise ConfigError("DepthContrast: " + "; ".join(problems))
 
 
 class DepthContrast(nn.Module):
-    """Query encoders, momentum key encoders and one key queue per format; forward returns the loss.
+    """Query encoders, momentum key encoders and one key queue per representation; forward returns the loss.
 
-    encoders: format name → encoder factory (or module); an encoder maps a batch to [B, embedding_dim].
+    encoders: representation → encoder factory (or module); an encoder maps a batch to [B, embedding_dim].
     Each forward is one training step: momentum update of the key encoders, keys under no_grad
-    (batch-shuffled across ranks for formats in `shuffle_keys`), logits against the queues as they
+    (batch-shuffled across ranks for representations in `shuffle_keys`), logits against the queues as they
     were, then the keys of every rank are enqueued.
     """
 
@@ -144,19 +149,19 @@ class DepthContrast(nn.Module):
         self,
         encoders: Mapping[str, Callable[[], nn.Module] | nn.Module],
         *,
-        queue_size: int = SEED_QUEUE_SIZE,
-        embedding_dim: int = SEED_EMBEDDING_DIM,
-        temperature: float = SEED_TEMPERATURE,
-        momentum: float = SEED_MOMENTUM,
-        loss_types: Sequence[str] = SEED_LOSS_TYPES,
-        within_format_weights: Sequence[float] = SEED_WITHIN_FORMAT_WEIGHTS,
-        across_format_weights: Sequence[float] = SEED_ACROSS_FORMAT_WEIGHTS,
+        queue_size: int = ORIGINAL_QUEUE_SIZE,
+        embedding_dim: int = ORIGINAL_EMBEDDING_DIM,
+        temperature: float = ORIGINAL_TEMPERATURE,
+        momentum: float = ORIGINAL_MOMENTUM,
+        loss_types: Sequence[str] = ORIGINAL_LOSS_TYPES,
+        within_format_weights: Sequence[float] = ORIGINAL_WITHIN_FORMAT_WEIGHTS,
+        across_format_weights: Sequence[float] = ORIGINAL_ACROSS_FORMAT_WEIGHTS,
         shuffle_keys: Mapping[str, bool] | None = None,
     ):
         super().__init__()
-        formats = tuple(encoders)
+        representations = tuple(encoders)
         _check_settings(
-            formats,
+            representations,
             queue_size,
             embedding_dim,
             temperature,
@@ -165,17 +170,17 @@ class DepthContrast(nn.Module):
             {"within_format_weights": within_format_weights, "across_format_weights": across_format_weights},
         )
         shuffle_keys = dict(shuffle_keys or {})
-        unknown = sorted(set(shuffle_keys) - set(formats))
+        unknown = sorted(set(shuffle_keys) - set(representations))
         if unknown:
-            raise ConfigError(f"DepthContrast: shuffle_keys names unknown formats {unknown}")
-        self.formats = formats
+            raise ConfigError(f"DepthContrast: shuffle_keys names unknown representations {unknown}")
+        self.representations = representations
         self.queue_size = queue_size
         self.embedding_dim = embedding_dim
         self.temperature = temperature
         self.momentum = momentum
-        self.shuffle_keys = {name: shuffle_keys.get(name, name in SHUFFLED_FORMATS) for name in formats}
-        self.terms = loss_terms(formats)
-        self.term_weights = term_weights(len(formats), loss_types, within_format_weights, across_format_weights)
+        self.shuffle_keys = {name: shuffle_keys.get(name, name in SHUFFLED_REPRESENTATIONS) for name in representations}
+        self.terms = loss_terms(representations)
+        self.term_weights = term_weights(len(representations), loss_types, within_format_weights, across_format_weights)
 
         self.query_encoders = nn.ModuleDict(
             {name: make if isinstance(make, nn.Module) else make() for name, make in encoders.items()}
@@ -183,16 +188,16 @@ class DepthContrast(nn.Module):
         self.key_encoders = nn.ModuleDict({name: copy.deepcopy(q) for name, q in self.query_encoders.items()})
         for param in self.key_encoders.parameters():
             param.requires_grad_(False)
-        for name in formats:
+        for name in representations:
             self.register_buffer(f"queue_{name}", F.normalize(torch.randn(embedding_dim, queue_size), dim=0))
             self.register_buffer(f"queue_ptr_{name}", torch.zeros(1, dtype=torch.long))
 
     def queue_of(self, name: str) -> torch.Tensor:
-        """The key queue [embedding_dim, queue_size] of format `name`."""
+        """The key queue [embedding_dim, queue_size] of representation `name`."""
         return getattr(self, f"queue_{name}")
 
     def queue_pointer(self, name: str) -> int:
-        """Column where format `name`'s next keys are written."""
+        """Column where representation `name`'s next keys are written."""
         return int(getattr(self, f"queue_ptr_{name}")[0])
 
     def check_global_batch(self, global_batch: int) -> None:
@@ -218,14 +223,14 @@ class DepthContrast(nn.Module):
 
     @torch.no_grad()
     def _momentum_update(self, name: str) -> None:
-        """param_k ← m·param_k + (1 − m)·param_q on parameters only; BN buffers are not averaged (seed)."""
+        """param_k ← m·param_k + (1 − m)·param_q on parameters only; BN buffers are not averaged (the original)."""
         query, key = self.query_encoders[name], self.key_encoders[name]
         for param_q, param_k in zip(query.parameters(), key.parameters(), strict=True):
             param_k.mul_(self.momentum).add_(param_q.detach(), alpha=1.0 - self.momentum)
 
     @torch.no_grad()
     def _keys(self, name: str, batch: Any) -> torch.Tensor:
-        """Momentum-update format `name`'s key encoder, then its normalised keys [B, D] of `batch`."""
+        """Momentum-update representation `name`'s key encoder, then its normalised keys [B, D] of `batch`."""
         self._momentum_update(name)
         encoder = self.key_encoders[name]
         if not self.shuffle_keys[name]:
@@ -244,11 +249,12 @@ class DepthContrast(nn.Module):
         getattr(self, f"queue_ptr_{name}")[0] = (pointer + global_batch) % self.queue_size
 
     def forward(self, inputs: Mapping[str, tuple[Any, Any]]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """inputs: format → (query view batch, key view batch) → (total loss, {term name: loss})."""
-        if set(inputs) != set(self.formats):
-            raise ValueError(f"DepthContrast expects inputs for formats {list(self.formats)}, got {list(inputs)}")
-        queries = {name: self._embed(self.query_encoders[name], inputs[name][0], name) for name in self.formats}
-        keys = {name: self._keys(name, inputs[name][1]) for name in self.formats}
+        """inputs: representation → (query view batch, key view batch) → (total loss, {term name: loss})."""
+        if set(inputs) != set(self.representations):
+            expected = list(self.representations)
+            raise ValueError(f"DepthContrast expects inputs for representations {expected}, got {list(inputs)}")
+        queries = {name: self._embed(self.query_encoders[name], inputs[name][0], name) for name in self.representations}
+        keys = {name: self._keys(name, inputs[name][1]) for name in self.representations}
         sizes = {
             f"{name} {kind}": len(batch)
             for kind, group in (("query", queries), ("key", keys))
@@ -259,14 +265,17 @@ class DepthContrast(nn.Module):
 
         # Logits read the queues as they were before this step; the clone keeps the tensors that
         # backward needs intact when the keys are enqueued below.
-        queues = {name: self.queue_of(name).clone() for name in self.formats}
+        queues = {name: self.queue_of(name).clone() for name in self.representations}
         terms = {
             term.name: nce_loss(
-                queries[term.query_format], keys[term.key_format], queues[term.key_format], self.temperature
+                queries[term.query_representation],
+                keys[term.key_representation],
+                queues[term.key_representation],
+                self.temperature,
             )
             for term in self.terms
         }
-        for name in self.formats:
+        for name in self.representations:
             self._dequeue_and_enqueue(name, keys[name])
         loss = sum(weight * terms[name] for name, weight in self.term_weights.items())
         return loss, terms

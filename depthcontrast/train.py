@@ -1,5 +1,9 @@
 """The pretraining loop: one process per GPU (or one CPU process), resumable bit-for-bit.
 
+`pretrain` (and `Trainer`) take a run's validated config block and parse it once into a RunSpec
+(depthcontrast.specs); the modules below get its typed parts. The block itself is only stored: in every
+checkpoint (compared key by key on resume) and in config.yaml.
+
 Files under the run's output folder:
   resume/last.pth     rolling checkpoint (every epoch, and on SIGTERM/SIGUSR1/SIGINT); `--resume` reads it
   resume/metrics.csv  rows up to the rolling checkpoint's step
@@ -9,11 +13,9 @@ Files under the run's output folder:
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import shutil
-import signal
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
@@ -29,74 +31,47 @@ from torch.utils.data import DataLoader
 from depthcontrast.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from depthcontrast.data.sampler import ResumableDistributedSampler
 from depthcontrast.data.shards import read_index
-from depthcontrast.data.views import build_view_dataset, collate_views, run_formats
+from depthcontrast.data.views import build_view_dataset, collate_views
 from depthcontrast.errors import ConfigError, DepthContrastError
-from depthcontrast.io_utils import atomic_path, atomic_write_bytes
+from depthcontrast.io_utils import atomic_write_bytes
 from depthcontrast.launch import WorldInfo, destroy_process_group, device_for, init_process_group
 from depthcontrast.log import progress_bar
+from depthcontrast.lr_schedule import learning_rate
 from depthcontrast.method import DepthContrast
+from depthcontrast.metrics_log import MetricsLog
 from depthcontrast.models.encoders import build_point_encoder, build_voxel_encoder
+from depthcontrast.specs import RunSpec, parse_run
+from depthcontrast.stop_signals import EXIT_INTERRUPTED, EXIT_REQUEUE, StopFlag, ignore_stop_signals
 
 log = logging.getLogger(__name__)
-EXIT_REQUEUE = 75  # sysexits EX_TEMPFAIL: stopped by a signal after checkpointing; rerun with --resume
-EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, as a shell reports Ctrl-C: checkpointed; rerun with --resume
-REQUEUE_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-STOP_SIGNALS = (signal.SIGINT, *REQUEUE_SIGNALS)
-METRIC_FIELDS = (
-    "epoch", "step", "global_step", "lr", "loss", "npid", "npid_other", "cmc_p2i", "cmc_i2p",
-    "samples_per_s", "data_s", "compute_s", "gpu_mem_gib",
-)  # fmt: skip
+__all__ = ["EXIT_INTERRUPTED", "EXIT_REQUEUE", "Trainer", "build_model", "learning_rate", "pretrain"]
 # settings that may change between a checkpoint and its resumption (extend a run, change logging)
 RESUMABLE_CHANGES = (
     "epochs", "log_every_steps", "checkpoint_every_epochs", "num_workers", "verify_shards", "enabled", "export_targets",
 )  # fmt: skip
+VIEW_KEYS = {"point": ("view_a", "view_b"), "voxel": ("voxel_a", "voxel_b")}  # a batch's (query, key) views
 
 
-def learning_rate(run: Mapping[str, Any], epoch: int, step: int, steps_per_epoch: int) -> float:
-    """Cosine (the seed's per-epoch CosineAnnealingLR by default) with optional linear warmup."""
-    base, schedule = run["optimizer"]["lr"], run["schedule"]
-    progress = epoch + (step / steps_per_epoch if schedule["per_step"] else 0.0)
-    warmup = schedule["warmup_epochs"]
-    if warmup and progress < warmup:
-        return base * (progress + (1.0 / steps_per_epoch)) / warmup
-    if schedule["name"] == "constant":
-        return base
-    final = schedule["final_lr"]
-    return final + (base - final) * 0.5 * (1.0 + math.cos(math.pi * progress / run["epochs"]))
+def build_model(run: RunSpec | Mapping[str, Any]) -> DepthContrast:
+    """DepthContrast with the encoders of the run's representations: the point encoder of its `backbone`
+    (PointNet++ SSG or MSG) and/or the voxel encoder of its `voxel_backbone` (sparse UNet, MinkUNet34).
 
-
-# loss terms of a joint (point + voxel) run without loss_types / weights in its config: the seed's LiDAR
-# joint config (point_vox_lidar_template: NPID only, both within-format terms at weight 1)
-JOINT_LOSS_DEFAULTS = {
-    "loss_types": ["NPID"], "within_format_weights": [1.0, 1.0], "across_format_weights": [0.0, 0.0],
-}  # fmt: skip
-SINGLE_LOSS_DEFAULTS = {
-    "loss_types": ["NPID"], "within_format_weights": [1.0, 0.0], "across_format_weights": [0.0, 0.0],
-}  # fmt: skip
-
-
-def build_model(run: Mapping[str, Any]) -> DepthContrast:
-    """DepthContrast with the encoders of the run's formats: the point encoder its `backbone` block names
-    (PointNet++ SSG or MSG) and/or the voxel encoder of its `voxel_backbone` block (sparse UNet)."""
-    backbone, loss = run["backbone"], run["loss"]
-    formats = run_formats(run)
-
-    def point_encoder() -> torch.nn.Module:
-        return build_point_encoder(backbone, loss["embedding_dim"])
-
-    def voxel_encoder() -> torch.nn.Module:
-        return build_voxel_encoder(run["voxel_backbone"], loss["embedding_dim"])
-
-    makers = {"point": point_encoder, "voxel": voxel_encoder}
-    defaults = JOINT_LOSS_DEFAULTS if len(formats) > 1 else SINGLE_LOSS_DEFAULTS
-    terms = {key: loss.get(key) or value for key, value in defaults.items()}
+    A validated run block is parsed first (the original-checkpoint import passes one)."""
+    spec = run if isinstance(run, RunSpec) else parse_run(run)
+    loss = spec.loss
+    makers = {
+        "point": lambda: build_point_encoder(spec.backbone, loss.embedding_dim),
+        "voxel": lambda: build_voxel_encoder(spec.voxel_backbone, loss.embedding_dim),
+    }
     return DepthContrast(
-        {name: makers[name] for name in formats},
-        queue_size=loss["num_negatives"],
-        embedding_dim=loss["embedding_dim"],
-        temperature=loss["temperature"],
-        momentum=loss["momentum"],
-        **terms,
+        {name: makers[name] for name in spec.representations},
+        queue_size=loss.num_negatives,
+        embedding_dim=loss.embedding_dim,
+        temperature=loss.temperature,
+        momentum=loss.momentum,
+        loss_types=loss.loss_types,
+        within_format_weights=loss.within_format_weights,
+        across_format_weights=loss.across_format_weights,
     )
 
 
@@ -107,80 +82,8 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch.to(device, non_blocking=True) if isinstance(batch, torch.Tensor) else batch
 
 
-def ignore_stop_signals(_worker_id: int) -> None:
-    """DataLoader workers leave SIGINT/SIGTERM/SIGUSR1 to the trainer: Slurm signals every process of a job step,
-    a terminal's Ctrl-C every process of its group. (So the trainer has to end them: see Trainer._stop_workers.)"""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-
-
 class TrainingDiverged(DepthContrastError):
     """The loss became NaN or inf."""
-
-
-class StopFlag:
-    """Set by SIGTERM/SIGUSR1 (Slurm pre-emption or time limit) or SIGINT (Ctrl-C); checked between steps on
-    every rank. A second SIGINT while stopping aborts at once: KeyboardInterrupt, no checkpoint."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        if signum == signal.SIGINT and self.signal is not None:
-            raise KeyboardInterrupt
-        self.signal = signum
-        if signum == signal.SIGINT:
-            log.warning("interrupted (SIGINT): checkpointing after this step; Ctrl-C again aborts at once, "
-                        "without a checkpoint")  # fmt: skip
-
-    def agreed(self, device: torch.device, world: WorldInfo) -> int:
-        """The exit code every rank stops with, as soon as any rank was signalled (0: go on): EXIT_REQUEUE if
-        any rank got SIGTERM/SIGUSR1, else EXIT_INTERRUPTED."""
-        codes = (0, EXIT_INTERRUPTED, EXIT_REQUEUE)
-        mine = 0 if self.signal is None else 1 if self.signal == signal.SIGINT else 2
-        raised = torch.tensor([mine], device=device)
-        if world.distributed:
-            dist.all_reduce(raised, op=dist.ReduceOp.MAX)
-        return codes[int(raised.item())]
-
-    def ignore(self) -> None:
-        """From now on every stop signal is ignored (while the trainer ends its DataLoader workers)."""
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-class MetricsLog:
-    """metrics.csv rows appended by rank 0; a resumed run first drops rows past its checkpoint."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
-
-    def truncate_after(self, global_step: int) -> None:
-        """Keep the rows of steps up to and including `global_step` (the checkpoint's completed steps)."""
-        if not (self.enabled and self.path.exists()):
-            return
-        with open(self.path, newline="") as handle:
-            rows = [row for row in csv.DictReader(handle) if int(row["global_step"]) <= global_step]
-        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=METRIC_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    def append(self, row: Mapping[str, Any]) -> None:
-        if not self.enabled:
-            return
-        new = not self.path.exists()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=METRIC_FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerow({key: row.get(key, "") for key in METRIC_FIELDS})
 
 
 def _rng_states_of_all_ranks(world: WorldInfo) -> list[dict[str, Any]]:
@@ -216,52 +119,55 @@ class Trainer:
     """Holds the run's model, optimizer, data and position; `fit()` trains to the configured epochs."""
 
     def __init__(
-        self, run_name: str, run: Mapping[str, Any], shard_dirs: Sequence[Path], out_dir: Path, world: WorldInfo,
-        device: str = "auto",
+        self, run_name: str, settings: Mapping[str, Any], shard_dirs: Sequence[Path], out_dir: Path,
+        world: WorldInfo, device: str = "auto",
     ):  # fmt: skip
-        check_batch_fits(run_name, run["batch_size"], shard_dirs, world.world_size)
-        self.run_name, self.run, self.world = run_name, dict(run), world
+        """`settings`: the run's validated config block, parsed here into `self.run` (a RunSpec) and otherwise
+        only stored (`self.settings`: in checkpoints and config.yaml)."""
+        self.run_name, self.settings, self.world = run_name, dict(settings), world
+        self.run = run = parse_run(settings)
+        check_batch_fits(run_name, run.batch_size, shard_dirs, world.world_size)
         self.out_dir = Path(out_dir)
         self.resume_dir = self.out_dir / "resume"
         self.device = device_for(world, device)
         init_process_group(world, self.device)
-        if run["deterministic"]:
+        if run.deterministic:
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
-        if "voxel" in run_formats(run) and self.device.type == "cpu" and torch.get_num_threads() > 1:
+        if "voxel" in run.representations and self.device.type == "cpu" and torch.get_num_threads() > 1:
             # spconv 2.3.8's CPU kernels with several threads lose some sums (a few output rows wrong, run to
             # run) and spin-wait on busy machines; on one thread they are exact, reproducible and often faster
             log.info("voxel run on CPU: using 1 thread (was %d): spconv's CPU kernels are exact only on one",
                      torch.get_num_threads())  # fmt: skip
             torch.set_num_threads(1)
-        torch.manual_seed(run["seed"])  # identical initial weights and queues on every rank
+        torch.manual_seed(run.seed)  # identical initial weights and queues on every rank
 
         self.dataset = build_view_dataset(shard_dirs, run)
         self.sampler = ResumableDistributedSampler(
-            len(self.dataset), run["batch_size"], world.world_size, world.rank, seed=run["seed"]
+            len(self.dataset), run.batch_size, world.world_size, world.rank, seed=run.seed
         )
         self.model = build_model(run).to(self.device)
-        self.model.check_global_batch(run["batch_size"] * world.world_size)
+        self.model.check_global_batch(run.batch_size * world.world_size)
         self.module: torch.nn.Module = self.model
         if world.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.module = DistributedDataParallel(self.model, device_ids=ids)
-        opt = run["optimizer"]
+        opt = run.optimizer
         self.optimizer = torch.optim.SGD(
             [p for p in self.model.parameters() if p.requires_grad],
-            lr=opt["lr"], momentum=opt["momentum"], weight_decay=opt["weight_decay"], nesterov=opt["nesterov"],
+            lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay, nesterov=opt.nesterov,
         )  # fmt: skip
-        use_bf16 = run["precision"] == "bf16" and self.device.type == "cuda"
+        use_bf16 = run.precision == "bf16" and self.device.type == "cuda"
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
         self.epoch, self.batch, self.global_step = 0, 0, 0
         self.metrics = MetricsLog(self.resume_dir / "metrics.csv", enabled=world.is_main)
         self.loader = DataLoader(
-            self.dataset, batch_size=run["batch_size"], sampler=self.sampler, num_workers=run["num_workers"],
-            pin_memory=self.device.type == "cuda", drop_last=True, persistent_workers=run["num_workers"] > 0,
+            self.dataset, batch_size=run.batch_size, sampler=self.sampler, num_workers=run.num_workers,
+            pin_memory=self.device.type == "cuda", drop_last=True, persistent_workers=run.num_workers > 0,
             worker_init_fn=ignore_stop_signals,
             # its own generator: starting the workers draws a seed, which must not move the global RNG
             # (the key batch shuffle's), or a resumed run would diverge from an uninterrupted one
-            generator=torch.Generator().manual_seed(run["seed"]), collate_fn=collate_views,
+            generator=torch.Generator().manual_seed(run.seed), collate_fn=collate_views,
         )  # fmt: skip
 
     # ----------------------------------------------------------------------------------- state
@@ -269,15 +175,14 @@ class Trainer:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": {"name": self.run["schedule"]["name"], "lr": self.optimizer.param_groups[0]["lr"]},
-            "scaler": None,  # bf16 autocast needs no loss scaling
+            "scheduler": {"name": self.run.schedule.name, "lr": self.optimizer.param_groups[0]["lr"]},
             "epoch": self.epoch,
             "batch": self.batch,
             "step": self.global_step,
             "world_size": self.world.world_size,
             "rng": _rng_states_of_all_ranks(self.world),
             "run_name": self.run_name,
-            "config": self.run,
+            "config": self.settings,
         }
 
     def save(self, path: Path) -> None:
@@ -295,7 +200,7 @@ class Trainer:
             log.info("no checkpoint at %s: starting from scratch", path)
             return False
         state = load_checkpoint(path, map_location=self.device)
-        changed = _changed_settings(state["config"], self.run)
+        changed = _changed_settings(state["config"], self.settings)
         if changed:
             if self.world.is_main:
                 old = self.resume_dir.with_name("resume.old")
@@ -326,16 +231,16 @@ class Trainer:
         return self.loader
 
     def _step(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        views = {"point": ("view_a", "view_b"), "voxel": ("voxel_a", "voxel_b")}
         inputs = {
-            name: tuple(_to_device(batch[key], self.device) for key in views[name]) for name in self.model.formats
+            name: tuple(_to_device(batch[key], self.device) for key in VIEW_KEYS[name])
+            for name in self.model.representations
         }
         with self.autocast:
             loss, terms = self.module(inputs)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.run["grad_clip_norm"] is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.run["grad_clip_norm"])
+        if self.run.grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.run.grad_clip_norm)
         self.optimizer.step()
         return loss, terms
 
@@ -369,13 +274,13 @@ class Trainer:
 
     def _fit(self, stop: StopFlag) -> int:
         self.module.train()
-        while self.epoch < self.run["epochs"]:
+        while self.epoch < self.run.epochs:
             code = self._epoch(stop)
             if code:
                 return code
             self.epoch, self.batch = self.epoch + 1, 0
             self.save(self.resume_dir / "last.pth")
-            if self.epoch % self.run["checkpoint_every_epochs"] == 0 or self.epoch == self.run["epochs"]:
+            if self.epoch % self.run.checkpoint_every_epochs == 0 or self.epoch == self.run.epochs:
                 self.save(self.out_dir / f"checkpoint-ep{self.epoch}.pth")
         self._finish()
         return 0
@@ -396,7 +301,7 @@ class Trainer:
                 self.batch += 1
                 self.global_step += 1
                 bar.update()
-                if self.global_step % run["log_every_steps"] == 0 or self.batch == steps:
+                if self.global_step % run.log_every_steps == 0 or self.batch == steps:
                     self._log_step(loss, terms, lr, data_s, tick)
                 code = stop.agreed(self.device, self.world)
                 if code:
@@ -413,7 +318,7 @@ class Trainer:
         row = {
             "epoch": self.epoch, "step": self.batch, "global_step": self.global_step, "lr": f"{lr:.6g}",
             "loss": f"{loss.item():.6f}", "data_s": f"{data_s:.4f}", "compute_s": f"{elapsed - data_s:.4f}",
-            "samples_per_s": f"{self.run['batch_size'] * self.world.world_size / max(elapsed, 1e-9):.2f}",
+            "samples_per_s": f"{self.run.batch_size * self.world.world_size / max(elapsed, 1e-9):.2f}",
         }  # fmt: skip
         row.update({name: f"{value.item():.6f}" for name, value in terms.items()})
         if not math.isfinite(float(row["loss"])):
@@ -433,7 +338,7 @@ class Trainer:
         self.save(self.out_dir / "last.pth")
         if self.world.is_main:
             shutil.copyfile(self.resume_dir / "metrics.csv", self.out_dir / "metrics.csv")
-            resolved = {"run": self.run_name, **self.run}
+            resolved = {"run": self.run_name, **self.settings}
             atomic_write_bytes(self.out_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=True).encode())
             shutil.rmtree(self.resume_dir)  # the run is complete: a later rerun starts from scratch
         log.info("pretraining %s finished: %d epochs, %d steps", self.run_name, self.epoch, self.global_step)
@@ -446,8 +351,8 @@ def pretrain(
     run_name: str, run: Mapping[str, Any], shard_dirs: Sequence[Path], out_dir: Path, world: WorldInfo,
     resume: bool = False, device: str = "auto",
 ) -> int:  # fmt: skip
-    """Train one run; returns the process exit code (0 done; EXIT_REQUEUE or EXIT_INTERRUPTED: checkpointed on a
-    signal)."""
+    """Train one run, `run` its validated `pretrain.<run>` block (parsed once, by the Trainer); returns the process
+    exit code (0 done; EXIT_REQUEUE or EXIT_INTERRUPTED: checkpointed on a signal)."""
     trainer = Trainer(run_name, run, shard_dirs, out_dir, world, device)
     try:
         if resume:

@@ -1,4 +1,4 @@
-"""The seed's point augmentations: each transform's invariants, config building and two-view sampling."""
+"""The original's point augmentations: each transform's invariants, the presets, building and two-view sampling."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 
 from depthcontrast.data.augment import (
-    INDOOR_SEED_AUGMENTATIONS,
-    LIDAR_SEED_AUGMENTATIONS,
+    PRESETS,
     Compose,
-    Multiscale,
-    PointCloud,
+    TransformSpec,
+    build_transforms,
+    preset_transforms,
+    two_views,
+)
+from depthcontrast.data.geometric import (
     RandomCuboid,
     RandomCuboidLidar,
     RandomDrop,
@@ -22,12 +25,9 @@ from depthcontrast.data.augment import (
     RandomRotateLidar,
     RandomScale,
     RandomScaleLidar,
-    Resample,
-    ResampleLidar,
-    build_transform,
-    build_transforms,
-    two_views,
 )
+from depthcontrast.data.point_cloud import PointCloud
+from depthcontrast.data.resample import Multiscale, Resample, ResampleLidar
 from depthcontrast.errors import ConfigError, DataError, SampleError
 
 
@@ -240,7 +240,7 @@ def test_random_rotate_lidar_turns_about_z_by_at_most_a_quarter_turn():
         np.testing.assert_allclose(np.linalg.norm(out, axis=1), np.linalg.norm(xyz, axis=1))
         angles.append(math.atan2(out[0, 1], out[0, 0]))
     assert max(np.abs(angles)) <= math.pi / 4 + 1e-12
-    assert max(np.abs(angles)) > math.pi / 4 * 0.9, "the seed's range is ±45°, not ±5°"
+    assert max(np.abs(angles)) > math.pi / 4 * 0.9, "the original's range is ±45°, not ±5°"
 
 
 @pytest.mark.parametrize(("transform", "low", "high"), [(RandomScale(), 0.8, 1.2), (RandomScaleLidar(), 0.95, 1.05)])
@@ -295,29 +295,34 @@ def test_resample_lidar_pads_a_small_cloud_keeping_every_point():
 # ---- presets, config, views ------------------------------------------------------------------
 
 
-def test_seed_presets_produce_the_seed_view_sizes():
+def defaults_of(preset: str) -> tuple[TransformSpec, ...]:
+    return tuple(TransformSpec(name) for name in PRESETS[preset])
+
+
+def test_the_presets_with_their_defaults_make_the_original_view_sizes():
     rng = np.random.default_rng(0)
     room = tagged((rng.random((60000, 3)) * [6.0, 5.0, 3.0]).astype(np.float32))
-    view = build_transforms(INDOOR_SEED_AUGMENTATIONS)(room, rng)
+    view = build_transforms(defaults_of("indoor"))(room, rng)
     assert view.xyz.shape == (20000, 3)
+    assert_aligned(view, room)
     sweep = lidar_cloud(near=30000, far=5000)
-    view = build_transforms(LIDAR_SEED_AUGMENTATIONS)(sweep, rng)
+    view = build_transforms(defaults_of("lidar"))(sweep, rng)
     assert view.xyz.shape == (16384, 3)
 
 
-def test_seed_presets_spell_out_the_transform_defaults():
-    for preset in (INDOOR_SEED_AUGMENTATIONS, LIDAR_SEED_AUGMENTATIONS):
-        for spec in preset:
-            assert build_transform(spec) == build_transform({"name": spec["name"]})
+def test_a_preset_takes_the_run_overrides_and_resamples_to_points_per_view():
+    specs = preset_transforms("indoor", {"random_cuboid": {"npoints": 300}, "resample": {"npoints": 5}}, 256)
+    assert [spec.name for spec in specs] == list(PRESETS["indoor"])
+    assert specs[0].params == {"npoints": 300}
+    assert specs[-1].params == {"npoints": 256}  # points_per_view wins over the resampler's own npoints
+    assert all(spec.params == {} for spec in specs[1:-1])
+    with pytest.raises(ConfigError, match=r"augmentation_overrides: \['random_flip'\] not in the lidar preset"):
+        preset_transforms("lidar", {"random_flip": {}}, 256)
 
 
 def small_indoor_pipeline() -> Compose:
-    overrides = {
-        "random_cuboid": {"npoints": 300},
-        "multiscale": {"sizes": [500, 1000]},
-        "resample": {"npoints": 256},
-    }
-    return build_transforms([{**spec, **overrides.get(spec["name"], {})} for spec in INDOOR_SEED_AUGMENTATIONS])
+    overrides = {"random_cuboid": {"npoints": 300}, "multiscale": {"sizes": [500, 1000]}}
+    return build_transforms(preset_transforms("indoor", overrides, 256))
 
 
 def test_two_views_differ_and_are_reproducible_from_the_seed():
@@ -362,18 +367,14 @@ def test_misaligned_extras_are_rejected():
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ({"name": "random_crop"}, "unknown augmentation 'random_crop'"),
-        ({"name": "random_cuboid", "n_points": 5}, "unknown parameter.*n_points.*allowed: crop"),
-        ({"name": "random_cuboid", "crop": 0.8, "randcrop": 0.5}, "crop ≤ randcrop"),
-        ({"name": "random_scale", "low": 1.2, "high": 0.8}, "low ≤ high"),
-        ({"name": "multiscale", "sizes": []}, "non-empty list"),
-        ({"crop": 0.2}, "'name' key"),
-        ({"name": "resample_lidar", "far_range": "1.0e9"}, r"far_range must be a number, got '1.0e9' \(YAML"),
-        ({"name": "resample", "npoints": 2.5}, "npoints must be an integer, got 2.5"),
-        ({"name": "random_flip", "flip_x": "no"}, "flip_x must be true or false"),
-        ({"name": "multiscale", "sizes": 1024}, "sizes must be a list"),
+        (TransformSpec("random_crop"), "unknown augmentation 'random_crop'"),
+        (TransformSpec("random_cuboid", {"crop": 0.8, "randcrop": 0.5}), "crop ≤ randcrop"),
+        (TransformSpec("random_scale", {"low": 1.2, "high": 0.8}), "low ≤ high"),
+        (TransformSpec("multiscale", {"sizes": []}), "non-empty list"),
+        (TransformSpec("random_drop", {"crop": 1.5}), r"crop must be in \(0, 1\]"),
     ],
 )
-def test_bad_augmentation_config_is_a_config_error(spec, message):
+def test_bad_augmentation_values_are_a_config_error_naming_the_augmentation(spec, message):
+    # (their types and names are the schema's to check: tests/test_config.py)
     with pytest.raises(ConfigError, match=message):
-        build_transforms([spec])
+        build_transforms((spec,))

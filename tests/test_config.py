@@ -124,9 +124,9 @@ def builtin_run(**run) -> dict:
     [
         ({}, ["votenet", "plain"]),
         ({"backbone": {"name": "pointnet2_msg"}}, ["openpcdet", "plain"]),
-        ({"formats": ["voxel"], "voxel_backbone": {}}, ["openpcdet"]),
-        ({"formats": ["point", "voxel"], "voxel_backbone": {}}, ["votenet", "plain", "openpcdet"]),
-        ({"formats": ["voxel"], "voxel_backbone": {"name": "minkunet"}}, ["minkunet_seg"]),
+        ({"representations": ["voxel"], "voxel_backbone": {}}, ["openpcdet"]),
+        ({"representations": ["point", "voxel"], "voxel_backbone": {}}, ["votenet", "plain", "openpcdet"]),
+        ({"representations": ["voxel"], "voxel_backbone": {"name": "minkunet"}}, ["minkunet_seg"]),
     ],
 )
 def test_a_run_without_export_targets_exports_what_its_encoders_make(run, targets):
@@ -146,7 +146,7 @@ def test_a_run_without_export_targets_exports_what_its_encoders_make(run, target
             "'minkunet_seg' needs a MinkUNet voxel encoder (voxel_backbone.name: minkunet), but the run trains a "
             "PointNet++ point encoder",
         ),
-        ({"formats": ["voxel"]}, "pretrain.r: formats lists voxel, but the run has no voxel_backbone block"),
+        ({"representations": ["voxel"]}, "pretrain.r: representations lists voxel, but the run has no voxel_backbone block"),
     ],
 )
 def test_export_targets_the_run_cannot_make_are_a_config_error(run, expected):
@@ -157,11 +157,11 @@ def test_export_targets_the_run_cannot_make_are_a_config_error(run, expected):
 def test_voxel_only_runs_get_no_builtin_evaluation():
     config = validate_config(
         {
-            **builtin_run(formats=["voxel"], voxel_backbone={}),
+            **builtin_run(representations=["voxel"], voxel_backbone={}),
             "evaluate": {"tasks": {"seg": {"dataset": "scans", "kind": "lidar_segmentation", "test_groups": ["t"]}}},
         }
     )
-    config["pretrain"]["p"] = {**config["pretrain"]["r"], "formats": ["point", "voxel"]}
+    config["pretrain"]["p"] = {**config["pretrain"]["r"], "representations": ["point", "voxel"]}
     assert evaluated_tasks(config) == {"p": ["seg"], "r": []}
 
 
@@ -218,6 +218,38 @@ def test_a_quoted_number_is_told_to_lose_its_quotes_and_other_text_gets_no_numbe
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert str(caught.value).endswith("pretrain.r.optimizer.lr: 'fast' is not of type 'number'")
+
+
+# ------------------------------------------------------------------- augmentation parameters
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            {"random_cuboid": {"n_points": 5}},
+            "augmentation_overrides.random_cuboid: unknown key 'n_points' (allowed: aspect, crop, max_tries, npoints, "
+            "randcrop)",
+        ),
+        (
+            {"resample_lidar": {"far_range": "1.0e9"}},
+            "augmentation_overrides.resample_lidar.far_range: '1.0e9' is not of type 'number' (YAML reads 1.0e9 as "
+            "text: write 1.0e+9)",
+        ),
+        ({"resample": {"npoints": 2.5}}, "augmentation_overrides.resample.npoints: 2.5 is not of type 'integer'"),
+        ({"random_flip": {"flip_x": "no"}}, "augmentation_overrides.random_flip.flip_x: 'no' is not of type 'boolean'"),
+        ({"multiscale": {"sizes": 1024}}, "augmentation_overrides.multiscale.sizes: 1024 is not of type 'array'"),
+        ({"random_crop": {}}, "augmentation_overrides: unknown key 'random_crop' (allowed: multiscale, random_cuboid,"),
+    ],
+)
+def test_a_bad_augmentation_parameter_is_one_line_naming_its_key(overrides, expected):
+    with pytest.raises(ConfigError, match=re.escape(f"cfg.yaml: pretrain.r.{expected}")):
+        validate_config(builtin_run(augmentation_overrides=overrides), source="cfg.yaml")
+
+
+def test_an_augmentation_block_gets_the_schema_defaults_of_the_parameters_it_leaves_out():
+    run = validate_config(builtin_run(augmentation_overrides={"random_cuboid": {"npoints": 500}}))["pretrain"]["r"]
+    cuboid = run["augmentation_overrides"]["random_cuboid"]
+    assert cuboid == {"npoints": 500, "crop": 0.5, "randcrop": 1.0, "aspect": 0.75, "max_tries": 100}
+    assert set(run["augmentation_overrides"]) == {"random_cuboid"}  # blocks not written stay out
 
 
 # ------------------------------------------------------------------- cross-key checks

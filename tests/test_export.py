@@ -590,7 +590,7 @@ class PartA2Like(nn.Module):
 
 def unet_run_config(**voxel) -> dict:
     block = {"voxel_size": [0.1, 0.1, 0.2], "point_range": [0, 0, 0, 3.2, 3.2, 1.8], **voxel}
-    run = {"datasets": ["d"], "formats": ["voxel"], "voxel_backbone": block, "loss": {"num_negatives": QUEUE}}
+    run = {"datasets": ["d"], "representations": ["voxel"], "voxel_backbone": block, "loss": {"num_negatives": QUEUE}}
     config = {"datasets": {"d": {"source": {"kind": "builtin", "subset": "lidar"}}}, "pretrain": {"r": run}}
     return validate_config(config)["pretrain"]["r"]
 
@@ -729,7 +729,7 @@ def res16unet34_shapes(in_channels: int = 3) -> dict[str, tuple[int, ...]]:
 
 def minkunet_run_config(**voxel) -> dict:
     block = {"name": "minkunet", "voxel_size": [0.4, 0.4, 0.4], "point_range": [-3.2, -3.2, -3.2, 3.2, 3.2, 3.2]}
-    run = {"datasets": ["d"], "formats": ["voxel"], "voxel_backbone": {**block, **voxel}}
+    run = {"datasets": ["d"], "representations": ["voxel"], "voxel_backbone": {**block, **voxel}}
     run["loss"] = {"num_negatives": QUEUE}
     config = {"datasets": {"d": {"source": {"kind": "builtin", "subset": "indoor"}}}, "pretrain": {"r": run}}
     return validate_config(config)["pretrain"]["r"]

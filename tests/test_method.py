@@ -209,7 +209,7 @@ def test_each_term_pairs_the_right_queries_keys_and_queue_before_enqueueing():
             },
             {"npid": 1.0, "npid_other": 2.0, "cmc_p2i": 3.0, "cmc_i2p": 4.0},
         ),
-        # the seed's point_vox_template (indoor joint)
+        # the original's point_vox_template (indoor joint)
         (
             {
                 "loss_types": ("NPID", "CMC"),
@@ -218,7 +218,7 @@ def test_each_term_pairs_the_right_queries_keys_and_queue_before_enqueueing():
             },
             {"npid": 0.5, "npid_other": 0.5, "cmc_p2i": 0.5, "cmc_i2p": 0.5},
         ),
-        # the seed's point_vox_lidar_template: within-format only
+        # the original's point_vox_lidar_template: within-representation only
         (
             {
                 "loss_types": ("NPID",),
@@ -256,7 +256,7 @@ def test_one_format_total_is_w0_times_npid():
 @pytest.mark.parametrize(
     ("encoders", "settings", "message"),
     [
-        ({"point": MeanLinear}, {"loss_types": ("CMC",)}, "CMC .* needs two formats"),
+        ({"point": MeanLinear}, {"loss_types": ("CMC",)}, "CMC .* needs two representations"),
         ({"point": MeanLinear}, {"loss_types": ("NPID", "SIMCLR")}, "loss_types must be distinct entries"),
         ({"point": MeanLinear}, {"temperature": 0.0}, "temperature must be > 0"),
         ({"point": MeanLinear}, {"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
@@ -265,8 +265,8 @@ def test_one_format_total_is_w0_times_npid():
             {"within_format_weights": (1.0,)},
             "within_format_weights must hold 2 numbers",
         ),
-        ({"point": MeanLinear}, {"shuffle_keys": {"voxel": False}}, "unknown formats"),
-        ({"a": MeanLinear, "b": MeanLinear, "c": MeanLinear}, {}, "need 1 or 2 formats"),
+        ({"point": MeanLinear}, {"shuffle_keys": {"voxel": False}}, "unknown representations"),
+        ({"a": MeanLinear, "b": MeanLinear, "c": MeanLinear}, {}, "need 1 or 2 representations"),
     ],
 )
 def test_bad_method_settings_are_config_errors(encoders, settings, message):

@@ -1,4 +1,4 @@
-"""PointNet++ SSG backbone and encoder: the seed's layer table (SEED_FACTS §5.2), keys, shapes, behaviour."""
+"""PointNet++ SSG backbone and encoder: the original's layer table, keys, shapes, behaviour."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked
 
 
 def seed_widths(s: int) -> dict[str, list[int]]:
-    """Channel widths per shared MLP, input first, written out from the seed's table."""
+    """Channel widths per shared MLP, input first, written out from the original's table."""
     widths = {
         "sa1": [3, 64 * s, 64 * s, 128 * s],
         "sa2": [128 * s + 3, 128 * s, 128 * s, 256 * s],

@@ -17,10 +17,10 @@ from torch import nn
 
 from depthcontrast.checkpoint import load_checkpoint
 from depthcontrast.config import validate_config
-from depthcontrast.data.augment import build_transforms
+from depthcontrast.data.augment import TransformSpec, build_transforms
 from depthcontrast.data.point_features import InputFeatures
 from depthcontrast.data.shard_dataset import ShardDataset
-from depthcontrast.data.views import TwoViewDataset, build_view_dataset
+from depthcontrast.data.views import PointViews, TwoViewDataset, build_view_dataset
 from depthcontrast.errors import ConfigError
 from depthcontrast.evaluate import run_evaluation
 from depthcontrast.export import export_checkpoint
@@ -29,6 +29,7 @@ from depthcontrast.models import ops
 from depthcontrast.models.encoders import build_backbone, build_point_encoder
 from depthcontrast.models.heads import PointNetMSGEncoder
 from depthcontrast.models.pointnet2_msg import MultiScaleSetAbstraction, PointNet2MSG
+from depthcontrast.specs import MSGBackbone, parse_run, point_backbone
 from tests.conftest import run_cli
 
 BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -78,6 +79,11 @@ def msg_backbone_config(**overrides) -> dict:
     return validate_config(config)["pretrain"]["r"]["backbone"]
 
 
+def msg_backbone(**overrides) -> MSGBackbone:
+    """The spec of a validated PointNet-MSG block with `overrides`."""
+    return point_backbone(msg_backbone_config(**overrides))
+
+
 def lidar_cloud(batch: int, n: int, seed: int, features: int = 1) -> torch.Tensor:
     """xyz on a 1/8 m grid in a 32 m square (sums and differences exact in float32), intensity in [0, 1]."""
     generator = torch.Generator().manual_seed(seed)
@@ -104,12 +110,12 @@ def test_config_defaults_are_pointrcnns_and_xyz_only_drops_the_intensity_channel
     assert backbone["npoints"] == [4096, 1024, 256, 64]
     assert backbone["radius"] == [[0.1, 0.5], [0.5, 1.0], [1.0, 2.0], [2.0, 4.0]]
     assert backbone["nsample"] == [[16, 32]] * 4 and backbone["features"] == ["intensity"]
-    assert shapes_of(build_backbone(backbone)) == pointrcnn_backbone_shapes(4)
-    assert shapes_of(build_backbone(msg_backbone_config(features=[]))) == pointrcnn_backbone_shapes(3)
+    assert shapes_of(build_backbone(point_backbone(backbone))) == pointrcnn_backbone_shapes(4)
+    assert shapes_of(build_backbone(msg_backbone(features=[]))) == pointrcnn_backbone_shapes(3)
 
 
-def test_encoder_is_the_backbone_keys_plus_the_seeds_128_128_128_head():
-    encoder = build_point_encoder(msg_backbone_config(), embedding_dim=128)
+def test_encoder_is_the_backbone_keys_plus_the_originals_128_128_128_head():
+    encoder = build_point_encoder(msg_backbone(), embedding_dim=128)
     assert isinstance(encoder, PointNetMSGEncoder)
     head = {"head.clf.0.weight": (128, 128), "head.clf.0.bias": (128,)}
     head |= {"head.clf.2.weight": (128, 128), "head.clf.2.bias": (128,)}
@@ -130,14 +136,14 @@ def test_encoder_is_the_backbone_keys_plus_the_seeds_128_128_128_head():
 )
 def test_inconsistent_settings_are_config_errors(overrides: dict, problem: str):
     with pytest.raises(ConfigError, match=problem):
-        build_backbone(msg_backbone_config(**overrides))
+        build_backbone(msg_backbone(**overrides))
 
 
 def test_head_must_start_at_the_output_width_and_end_at_the_embedding():
     with pytest.raises(ConfigError, match=r"PointNet-MSG output width \(128\)"):
-        build_point_encoder(msg_backbone_config(head_dims=[256, 128, 128]), embedding_dim=128)
+        build_point_encoder(msg_backbone(head_dims=[256, 128, 128]), embedding_dim=128)
     with pytest.raises(ConfigError, match=r"ends with 64, but loss\.embedding_dim is 128"):
-        build_point_encoder(msg_backbone_config(head_dims=[128, 64]), embedding_dim=128)
+        build_point_encoder(msg_backbone(head_dims=[128, 64]), embedding_dim=128)
 
 
 def test_schema_keeps_msg_and_ssg_keys_apart():
@@ -262,7 +268,7 @@ def validated_run(lidar_results: Path) -> dict:
 
 
 def test_views_carry_each_points_scaled_intensity_after_xyz(lidar_results: Path):
-    dataset = build_view_dataset([lidar_results / "shards/demo_lidar"], validated_run(lidar_results))
+    dataset = build_view_dataset([lidar_results / "shards/demo_lidar"], parse_run(validated_run(lidar_results)))
     shards = ShardDataset(lidar_results / "shards/demo_lidar")
     for index in range(0, len(dataset), 7):
         item = dataset[index]
@@ -275,9 +281,9 @@ def test_views_carry_each_points_scaled_intensity_after_xyz(lidar_results: Path)
 
 
 def test_a_run_reading_intensity_refuses_shards_without_it(lidar_results: Path):
-    transforms = build_transforms([{"name": "resample", "npoints": 64}])
+    views = PointViews(build_transforms((TransformSpec("resample", {"npoints": 64}),)), InputFeatures(("intensity",)))
     with pytest.raises(ConfigError, match=r"demo_indoor: the backbone reads \['intensity'\].*features: rgb"):
-        TwoViewDataset([lidar_results / "shards/demo_indoor"], transforms, 0, features=InputFeatures(("intensity",)))
+        TwoViewDataset([lidar_results / "shards/demo_indoor"], 0, point=views)
 
 
 def test_a_fixed_intensity_max_divides_every_cloud_alike():

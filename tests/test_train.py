@@ -1,5 +1,5 @@
 """The trainer: schedule, launch environments, signal checkpoints, exact resume, damaged checkpoints,
-and a 2-process gloo run through the seed's launcher flags."""
+and a 2-process gloo run through the original's launcher flags."""
 
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ import yaml
 from depthcontrast.checkpoint import load_checkpoint
 from depthcontrast.config import validate_config
 from depthcontrast.errors import ConfigError
-from depthcontrast.launch import world_from_environment, world_from_seed_flags
-from depthcontrast.train import EXIT_REQUEUE, check_batch_fits, learning_rate
+from depthcontrast.launch import world_from_environment, world_from_original_flags
+from depthcontrast.lr_schedule import learning_rate
+from depthcontrast.specs import parse_run
+from depthcontrast.train import EXIT_REQUEUE, check_batch_fits
 from tests.conftest import CLI_ENV, run_cli
 
 TINY_RUN = {
@@ -74,20 +76,22 @@ def model_state(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)["model"]
 
 
-def test_cosine_schedule_matches_the_seed_per_epoch_and_warms_up_linearly():
+def test_cosine_schedule_matches_the_original_per_epoch_and_warms_up_linearly():
     run = validate_config(
         {"datasets": {"d": {"source": {"kind": "builtin", "subset": "lidar"}}}, "pretrain": {"r": {"datasets": ["d"]}}}
     )["pretrain"]["r"]
-    assert learning_rate(run, 0, 5, 10) == pytest.approx(0.12)
+    spec = parse_run(run)
+    assert learning_rate(spec, 0, 5, 10) == pytest.approx(0.12)
     halfway = 0.00012 + (0.12 - 0.00012) * 0.5 * (1 + math.cos(math.pi * 500 / 1000))
-    assert learning_rate(run, 500, 3, 10) == pytest.approx(halfway)
-    assert learning_rate(run, 1000, 0, 10) == pytest.approx(0.00012)
+    assert learning_rate(spec, 500, 3, 10) == pytest.approx(halfway)
+    assert learning_rate(spec, 1000, 0, 10) == pytest.approx(0.00012)
     run["schedule"].update(warmup_epochs=2, per_step=True)
-    assert learning_rate(run, 0, 0, 10) == pytest.approx(0.12 * 0.1 / 2)
-    assert learning_rate(run, 1, 9, 10) == pytest.approx(0.12)
+    spec = parse_run(run)
+    assert learning_rate(spec, 0, 0, 10) == pytest.approx(0.12 * 0.1 / 2)
+    assert learning_rate(spec, 1, 9, 10) == pytest.approx(0.12)
 
 
-def test_rank_and_world_come_from_torchrun_slurm_or_the_seed_flags():
+def test_rank_and_world_come_from_torchrun_slurm_or_the_original_flags():
     torchrun = world_from_environment({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"})
     assert (torchrun.rank, torchrun.world_size, torchrun.local_rank, torchrun.init_method) == (3, 8, 1, "env://")
     task = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "gpu7,gpu8",
@@ -98,8 +102,8 @@ def test_rank_and_world_come_from_torchrun_slurm_or_the_seed_flags():
     batch_script = {key: value for key, value in task.items() if key != "SLURM_STEP_ID"}
     assert not world_from_environment({**batch_script, "SLURM_PROCID": "0"}).distributed  # one process, not rank 0
     assert not world_from_environment({}).distributed
-    seed = world_from_seed_flags(node_rank=1, num_nodes=4, gpus_per_node=8, local=2, dist_url="tcp://h:1")
-    assert (seed.rank, seed.world_size) == (10, 32)
+    original = world_from_original_flags(node_rank=1, num_nodes=4, gpus_per_node=8, local=2, dist_url="tcp://h:1")
+    assert (original.rank, original.world_size) == (10, 32)
 
 
 def signal_mid_epoch(results: Path, out: Path, sig: signal.Signals, *, run: str = "tiny", group: bool = False,
@@ -219,7 +223,7 @@ def test_a_damaged_checkpoint_is_a_clear_error_never_a_silent_restart(shards: Pa
     checkpoint = out / "resume" / "last.pth"
     checkpoint.parent.mkdir(parents=True)
     if damage == "foreign":
-        torch.save({"epoch": 150, "model": {}}, checkpoint)  # the seed's layout
+        torch.save({"epoch": 150, "model": {}}, checkpoint)  # the original's layout
     else:
         torch.save({"model": {"w": torch.zeros(1000)}}, checkpoint)
         data = checkpoint.read_bytes()
@@ -233,7 +237,7 @@ def test_a_damaged_checkpoint_is_a_clear_error_never_a_silent_restart(shards: Pa
 
 
 @pytest.mark.slow
-def test_seed_launcher_flags_run_two_gloo_processes_as_one_group(shards: Path, tmp_path: Path):
+def test_the_original_launcher_flags_run_two_gloo_processes_as_one_group(shards: Path, tmp_path: Path):
     out = tmp_path / "ddp"
     port = 29500 + os.getpid() % 1000
     args = pretrain_args(shards, out, "--multiprocessing-distributed", "--world-size", "1", "--rank", "0",

@@ -18,10 +18,11 @@ import yaml
 
 from depthcontrast.checkpoint import load_checkpoint
 from depthcontrast.config import validate_config
-from depthcontrast.data.views import build_view_dataset, collate_views, run_formats
+from depthcontrast.data.views import build_view_dataset, collate_views
 from depthcontrast.data.voxelize import VoxelGrid, collate_voxels, voxelize
 from depthcontrast.errors import ConfigError
 from depthcontrast.export import export_checkpoint
+from depthcontrast.specs import parse_run
 from tests.conftest import run_cli
 
 spconv_ops = pytest.importorskip("spconv.pytorch.ops", reason="the voxel extra (spconv) is not installed")
@@ -80,7 +81,7 @@ def test_voxelisation_is_deterministic_and_the_seeds_grid_gives_its_sparse_shape
     points = cloud(5000, 2)
     a, b = voxelize(points, SMALL_GRID), voxelize(points.copy(), SMALL_GRID)
     assert all(np.array_equal(getattr(a, f), getattr(b, f)) for f in ("features", "coords", "num_points"))
-    seed = VoxelGrid()  # [0.1, 0.1, 0.2] m over the seed's UNetV2 range [0, -75, -3, 75, 75, 3]
+    seed = VoxelGrid()  # [0.1, 0.1, 0.2] m over the original's UNetV2 range [0, -75, -3, 75, 75, 3]
     assert seed.grid_size.tolist() == [750, 1500, 30] and seed.sparse_shape == [31, 1500, 750]
     assert (seed.max_points_per_voxel, seed.max_voxels) == (5, 16000)
 
@@ -169,23 +170,26 @@ def run_config(**run) -> dict:
     return validate_config(config)["pretrain"]["r"]
 
 
-def test_runs_without_a_voxel_block_resolve_as_before_and_a_voxel_format_needs_one():
+def test_a_run_without_a_voxel_block_trains_points_and_the_voxel_representation_needs_one():
     plain = run_config(datasets=["d"])
-    assert "formats" not in plain and "voxel_backbone" not in plain and run_formats(plain) == ("point",)
-    voxel = run_config(datasets=["d"], formats=["voxel"], voxel_backbone={})
+    assert plain["representations"] == ["point"] and "voxel_backbone" not in plain
+    assert parse_run(plain).representations == ("point",) and parse_run(plain).voxel_backbone is None
+    voxel = run_config(datasets=["d"], representations=["voxel"], voxel_backbone={})
     assert voxel["voxel_backbone"]["name"] == "spconv_unet" and voxel["voxel_backbone"]["voxel_size"] == [0.1, 0.1, 0.2]
-    assert run_formats(run_config(datasets=["d"], formats=["voxel", "point"], voxel_backbone={})) == ("point", "voxel")
+    assert parse_run(voxel).backbone is None  # a voxel-only run has no point encoder
+    joint = run_config(datasets=["d"], representations=["voxel", "point"], voxel_backbone={})
+    assert parse_run(joint).representations == ("point", "voxel")  # point first, whatever the config's order
     with pytest.raises(ConfigError, match="no voxel_backbone"):
-        run_formats(run_config(datasets=["d"], formats=["voxel"]))
+        run_config(datasets=["d"], representations=["voxel"])
     with pytest.raises(ConfigError, match="voxel_backbone"):
-        run_config(datasets=["d"], formats=["voxel"], voxel_backbone={"voxel_sise": [1, 1, 1]})
+        run_config(datasets=["d"], representations=["voxel"], voxel_backbone={"voxel_sise": [1, 1, 1]})
 
 
 # ----------------------------------------------------------------------------------- training + export
 VOXEL_BLOCK = {"voxel_size": [1.0, 1.0, 1.0], "point_range": [-160, -160, -20, 160, 160, 60], "max_voxels": 3000}
 VOXEL_RUN = {
     "datasets": ["demo_lidar"],
-    "formats": ["voxel"],
+    "representations": ["voxel"],
     "voxel_backbone": VOXEL_BLOCK,
     "augmentations": "lidar",
     "augmentation_overrides": {"random_cuboid_lidar": {"npoints": 500}},
@@ -199,9 +203,9 @@ VOXEL_RUN = {
     "log_every_steps": 1,
     "export_targets": ["openpcdet"],
 }
-JOINT_RUN = {  # the seed's LiDAR joint pair: PointNet-MSG (radii for the aerial crops) + the sparse UNet
+JOINT_RUN = {  # the original's LiDAR joint pair: PointNet-MSG (radii for the aerial crops) + the sparse UNet
     **VOXEL_RUN,
-    "formats": ["point", "voxel"],
+    "representations": ["point", "voxel"],
     "backbone": {
         "name": "pointnet2_msg",
         "npoints": [128, 64, 32, 16],
@@ -235,7 +239,7 @@ def validated(results: Path, run: str) -> dict:
 
 
 def test_voxel_views_are_two_voxelised_augmentations_with_mean_intensity(lidar_results: Path):
-    dataset = build_view_dataset([lidar_results / "shards/demo_lidar"], validated(lidar_results, "unet"))
+    dataset = build_view_dataset([lidar_results / "shards/demo_lidar"], parse_run(validated(lidar_results, "unet")))
     item = dataset[0]
     assert set(item) == {"index", "voxel_a", "voxel_b"}  # a voxel-only run makes no point views
     for view in (item["voxel_a"], item["voxel_b"]):
@@ -248,11 +252,12 @@ def test_voxel_views_are_two_voxelised_augmentations_with_mean_intensity(lidar_r
     assert batch["voxel_a"]["batch_size"] == 2 and batch["index"].tolist() == [0, 1]
 
 
-def test_adding_the_voxel_format_leaves_the_point_views_unchanged(lidar_results: Path):
+def test_adding_the_voxel_representation_leaves_the_point_views_unchanged(lidar_results: Path):
     joint = validated(lidar_results, "joint")
-    point_only = {key: value for key, value in joint.items() if key not in ("formats", "voxel_backbone")}
-    with_voxels = build_view_dataset([lidar_results / "shards/demo_lidar"], joint)[3]
-    without = build_view_dataset([lidar_results / "shards/demo_lidar"], point_only)[3]
+    point_only = {**joint, "representations": ["point"]}
+    with_voxels = build_view_dataset([lidar_results / "shards/demo_lidar"], parse_run(joint))[3]
+    without = build_view_dataset([lidar_results / "shards/demo_lidar"], parse_run(point_only))[3]
+    assert "voxel_a" not in without
     assert np.array_equal(with_voxels["view_a"], without["view_a"])
     assert {"voxel_a", "voxel_b"} <= set(with_voxels)
 
@@ -315,14 +320,14 @@ def test_a_joint_point_and_voxel_run_trains_with_the_four_terms(lidar_results: P
     assert any(k.startswith("query_encoders.voxel.conv_up_t4") for k in state["model"])
 
 
-def test_voxel_keys_are_not_batch_shuffled_and_a_joint_run_defaults_to_the_seeds_lidar_terms():
+def test_voxel_keys_are_not_batch_shuffled_and_a_joint_run_defaults_to_the_original_lidar_terms():
     from depthcontrast.train import build_model
 
     settings = {"datasets": ["d"], "voxel_backbone": {}, "loss": {"num_negatives": 8}}
-    voxel_only = build_model(run_config(**settings, formats=["voxel"]))
-    assert voxel_only.formats == ("voxel",) and voxel_only.shuffle_keys == {"voxel": False}
+    voxel_only = build_model(run_config(**settings, representations=["voxel"]))
+    assert voxel_only.representations == ("voxel",) and voxel_only.shuffle_keys == {"voxel": False}
     assert voxel_only.term_weights == {"npid": 1.0}
-    joint = build_model(run_config(**settings, formats=["point", "voxel"]))
+    joint = build_model(run_config(**settings, representations=["point", "voxel"]))
     assert joint.shuffle_keys == {"point": True, "voxel": False}
     assert joint.term_weights == {"npid": 1.0, "npid_other": 1.0}  # point_vox_lidar_template: NPID, weights 1 / 1
 
@@ -332,10 +337,11 @@ def test_without_spconv_a_voxel_run_is_one_error_naming_the_extra(tmp_path: Path
         "import sys; sys.modules['spconv'] = None; sys.modules['spconv.pytorch'] = None\n"
         "from depthcontrast.errors import DepthContrastError\n"
         "from depthcontrast.models.encoders import build_voxel_encoder\n"
+        "from depthcontrast.specs import voxel_backbone\n"
         "try:\n"
-        "    build_voxel_encoder({'name': 'spconv_unet', 'voxel_size': [0.1, 0.1, 0.2], 'features': [],\n"
-        "                         'point_range': [0, 0, 0, 3.2, 3.2, 1.8], 'max_points_per_voxel': 5,\n"
-        "                         'max_voxels': 10}, 128)\n"
+        "    block = {'name': 'spconv_unet', 'voxel_size': [0.1, 0.1, 0.2], 'features': [],\n"
+        "             'point_range': [0, 0, 0, 3.2, 3.2, 1.8], 'max_points_per_voxel': 5, 'max_voxels': 10}\n"
+        "    build_voxel_encoder(voxel_backbone(block), 128)\n"
         "except DepthContrastError as exc:\n"
         "    print(exc)\n"
     )
@@ -407,7 +413,7 @@ def test_minkunet_embeddings_depend_on_each_samples_own_voxels_and_its_grid_is_p
 
 MINKUNET_RUN = {
     "datasets": ["demo_indoor"],
-    "formats": ["voxel"],
+    "representations": ["voxel"],
     "voxel_backbone": {"name": "minkunet", "voxel_size": [0.8, 0.8, 0.8], "point_range": [-12.8] * 3 + [12.8] * 3},
     "augmentation_overrides": {"random_cuboid": {"npoints": 200}},
     "points_per_view": 256,

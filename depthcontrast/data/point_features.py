@@ -6,34 +6,29 @@ Intensity comes in sensor-specific units (KITTI reflectance in [0, 1], 8-bit, 16
 65535), so it is divided by `intensity_max` (a constant such as 1, 255 or 65535) or, when that is
 None, by each cloud's own largest intensity; either way it lands in [0, 1] like the KITTI
 reflectance OpenPCDet reads. A cloud whose intensities are all 0 keeps zeros. Colour (`rgb`, read only
-by the MinkUNet voxel encoder) becomes rgb / 255 − 0.5, the seed's MinkUNet input.
+by the MinkUNet voxel encoder) becomes rgb / 255 − 0.5, the original's MinkUNet input.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from depthcontrast.errors import DataError
 
 FEATURE_CHANNELS = {"intensity": 1, "rgb": 3}  # the features a backbone can read, and their widths
-RGB_SCALE, RGB_SHIFT = 255.0, 0.5  # rgb (uint8 in the shards) is read as rgb / 255 − 0.5, as the seed's MinkUNet
+RGB_SCALE, RGB_SHIFT = 255.0, 0.5  # rgb (uint8 in the shards) is read as rgb / 255 − 0.5, as the original's MinkUNet
 
 
 @dataclass(frozen=True)
 class InputFeatures:
-    """Which shard features a backbone reads, in order, and how intensity is scaled."""
+    """Which shard features a backbone reads, in order (none: xyz only), and how intensity is scaled (None: by
+    each cloud's largest)."""
 
     names: tuple[str, ...] = ()
     intensity_max: float | None = None
-
-    @classmethod
-    def of_backbone(cls, backbone: Mapping[str, Any]) -> InputFeatures:
-        """From a run's validated `backbone` block (no `features` key: xyz only)."""
-        return cls(tuple(backbone.get("features") or ()), backbone.get("intensity_max"))
 
     @property
     def channels(self) -> int:

@@ -16,7 +16,7 @@ class ResumableDistributedSampler(Sampler[tuple[int, int]]):
 
     Like torch's DistributedSampler with drop_last=True (every rank gets the same number of whole
     batches), plus `set_position(epoch, batch)` so a resumed run sees exactly the batches it had not
-    seen yet. Without shuffle the order is the dataset order (the seed's non-distributed quirk).
+    seen yet. Without shuffle the order is the dataset order (the original's non-distributed quirk).
     """
 
     def __init__(

@@ -1,13 +1,13 @@
 """LiDAR voxelisation for the sparse-conv encoder: points → voxels with mean features (pure numpy).
 
-What the seed (spconv's VoxelGenerator, SEED_FACTS §3) and OpenPCDet (`MeanVFE`) do together:
+What the original (spconv's VoxelGenerator) and OpenPCDet (`MeanVFE`) do together:
 - a point at xyz falls in voxel floor((xyz − range_min) / voxel_size); points outside
   `point_range` = [xmin, ymin, zmin, xmax, ymax, zmax] are dropped; the grid is
   round((range_max − range_min) / voxel_size) voxels per axis (x, y, z);
-- each voxel keeps its first `max_points_per_voxel` points in point order (seed: 5) and voxels
-  are numbered in the order of their first point, keeping the first `max_voxels` (seed: 16000);
+- each voxel keeps its first `max_points_per_voxel` points in point order (the original: 5) and voxels
+  are numbered in the order of their first point, keeping the first `max_voxels` (the original: 16000);
 - a voxel's feature is the mean of its kept points' columns (x, y, z, then the point features:
-  x, y, z, intensity for the seed's 4 channels), its coordinate is the integer (z, y, x) index,
+  x, y, z, intensity for the original's 4 channels), its coordinate is the integer (z, y, x) index,
   the order spconv's indices and OpenPCDet's `voxel_coords` use.
 
 Deterministic: the output is a pure function of the points and the settings.
@@ -15,29 +15,29 @@ Deterministic: the output is a pure function of the points and the settings.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from depthcontrast.errors import ConfigError
 
-SEED_VOXEL_SIZE = (0.1, 0.1, 0.2)  # metres (x, y, z), the seed's LiDAR voxels
-SEED_POINT_RANGE = (0.0, -75.0, -3.0, 75.0, 75.0, 3.0)  # the seed's UNetV2 range (Waymo)
-SEED_MAX_POINTS_PER_VOXEL = 5
-SEED_MAX_VOXELS = 16000
+# the original's LiDAR voxels (the schema's backbone_voxel defaults; tests/test_defaults.py checks they agree)
+ORIGINAL_VOXEL_SIZE = (0.1, 0.1, 0.2)  # metres (x, y, z)
+ORIGINAL_POINT_RANGE = (0.0, -75.0, -3.0, 75.0, 75.0, 3.0)  # its UNetV2 range (Waymo)
+ORIGINAL_MAX_POINTS_PER_VOXEL = 5
+ORIGINAL_MAX_VOXELS = 16000
 
 
 @dataclass(frozen=True)
 class VoxelGrid:
     """Voxel size (x, y, z) in metres, the point range it covers and the per-voxel / per-cloud caps."""
 
-    voxel_size: tuple[float, float, float] = SEED_VOXEL_SIZE
-    point_range: tuple[float, float, float, float, float, float] = SEED_POINT_RANGE
-    max_points_per_voxel: int = SEED_MAX_POINTS_PER_VOXEL
-    max_voxels: int = SEED_MAX_VOXELS
+    voxel_size: tuple[float, float, float] = ORIGINAL_VOXEL_SIZE
+    point_range: tuple[float, float, float, float, float, float] = ORIGINAL_POINT_RANGE
+    max_points_per_voxel: int = ORIGINAL_MAX_POINTS_PER_VOXEL
+    max_voxels: int = ORIGINAL_MAX_VOXELS
 
     def __post_init__(self) -> None:
         size, low, high = np.asarray(self.voxel_size), np.asarray(self.point_range[:3]), self.point_range[3:]
@@ -47,13 +47,6 @@ class VoxelGrid:
             raise ConfigError(f"voxel grid: point_range {list(self.point_range)} needs max > min on every axis")
         if self.max_points_per_voxel < 1 or self.max_voxels < 1:
             raise ConfigError("voxel grid: max_points_per_voxel and max_voxels must be ≥ 1")
-
-    @classmethod
-    def of_backbone(cls, block: Mapping[str, Any]) -> VoxelGrid:
-        """From a validated `voxel_backbone` config block."""
-        return cls(
-            tuple(block["voxel_size"]), tuple(block["point_range"]), block["max_points_per_voxel"], block["max_voxels"]
-        )
 
     @property
     def grid_size(self) -> np.ndarray:
@@ -113,6 +106,7 @@ def voxelize(points: np.ndarray, grid: VoxelGrid) -> Voxels:
 
 def collate_voxels(clouds: Sequence[Voxels]) -> dict[str, Any]:
     """A batch for the sparse encoder: features [ΣM, C], coords [ΣM, 4] int32 (batch, z, y, x), batch_size."""
+    import torch  # here: the config and specs read VoxelGrid without importing torch
     features = np.concatenate([v.features for v in clouds], axis=0)
     coords = np.concatenate(
         [np.concatenate([np.full((len(v.coords), 1), b, np.int32), v.coords], axis=1) for b, v in enumerate(clouds)],

@@ -26,19 +26,9 @@ from torch import nn
 
 from depthcontrast.evaluate.metrics import confusion_matrix
 from depthcontrast.evaluate.tasks import IGNORE_LABEL, Samples
+from depthcontrast.specs import TrainSettings
 
 STANDARDISE_EPS = 1e-6
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """One protocol's optimisation settings (config `evaluate.linear` / `evaluate.finetune`)."""
-
-    epochs: int
-    lr: float
-    batch_size: int
-    momentum: float
-    weight_decay: float
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -12,11 +13,12 @@ import numpy as np
 import torch
 
 from depthcontrast.errors import ConfigError, DataError
-from depthcontrast.evaluate.backbone import BackboneSpec, backbone_from_checkpoint
+from depthcontrast.evaluate.backbone import CheckpointBackbone, backbone_from_checkpoint
 from depthcontrast.evaluate.metrics import NOISE_RULE, segmentation_scores, summarise
-from depthcontrast.evaluate.protocols import Clouds, TrainSettings, finetune, linear_probe, resample
+from depthcontrast.evaluate.protocols import Clouds, finetune, linear_probe, resample
 from depthcontrast.evaluate.tasks import IGNORE_LABEL, Split, TaskKind, load_samples, split_by_group, task_kind
 from depthcontrast.io_utils import atomic_path, atomic_write_json, sha256_file
+from depthcontrast.specs import EvaluateSpec, EvaluateTask
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +32,11 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _train_settings(block: Mapping[str, Any]) -> TrainSettings:
-    return TrainSettings(
-        epochs=block["epochs"],
-        lr=block["lr"],
-        batch_size=block["batch_size"],
-        momentum=block["momentum"],
-        weight_decay=block["weight_decay"],
-    )
+def _settings_record(settings: EvaluateSpec) -> dict[str, Any]:
+    """metrics.json's `settings`: seeds, points, protocols and each run protocol's optimisation settings."""
+    record: dict[str, Any] = {"seeds": list(settings.seeds), "points": settings.points,
+                              "protocols": list(settings.protocols)}  # fmt: skip
+    return record | {name: dataclasses.asdict(protocol) for name, protocol in settings.protocols.items()}
 
 
 def _split_summary(split: Split, group_name: str) -> dict[str, Any]:
@@ -61,23 +60,23 @@ def _one_run(
     protocol: str,
     init: str,
     seed: int,
-    settings: Mapping[str, Any],
-    spec: BackboneSpec,
+    settings: EvaluateSpec,
+    backbone_of: CheckpointBackbone,
     split: Split,
     test: Clouds,
     out_dir: Path,
 ) -> dict[str, Any]:
     """Train and score one (protocol, init, seed); keeps the first seed's finetuned pretrained model."""
-    device, num_classes, points = _device(), len(kind.classes), settings["points"]
-    train_settings = _train_settings(settings[protocol])
+    device, num_classes, points = _device(), len(kind.classes), settings.points
+    train_settings = settings.protocols[protocol]
     torch.manual_seed(seed)
-    backbone = spec.build(pretrained=init == "pretrained").to(device)
+    backbone = backbone_of.build(pretrained=init == "pretrained").to(device)
     if protocol == "linear":
         train = resample(split.train, points, np.random.default_rng(seed))
         confusion = linear_probe(backbone, train, test, num_classes, train_settings, seed, device)
     else:
         confusion, model = finetune(backbone, split.train, test, points, num_classes, train_settings, seed, device)
-        if init == "pretrained" and seed == settings["seeds"][0]:
+        if init == "pretrained" and seed == settings.seeds[0]:
             meta = {"task": task_name, "classes": list(kind.classes), "seed": seed, "init": init}
             _save_finetuned(out_dir / FINETUNED_FILE, model, meta)
     return segmentation_scores(confusion, kind.classes)
@@ -85,31 +84,34 @@ def _one_run(
 
 def run_evaluation(
     task_name: str,
-    task: Mapping[str, Any],
-    settings: Mapping[str, Any],
+    task_block: Mapping[str, Any],
+    settings_block: Mapping[str, Any],
     shard_dir: str | Path,
     checkpoint: str | Path,
     out_dir: str | Path,
 ) -> dict[str, Any]:
     """Evaluate `checkpoint`'s point encoder on one task against a random init; write out_dir/metrics.json.
 
-    task: a validated `evaluate.tasks.<name>` block ({dataset, kind, test_groups, xyz_scale}); settings: the
-    validated `evaluate` block (seeds, points, protocols, linear, finetune). Returns what metrics.json
+    task_block: a validated `evaluate.tasks.<name>` block ({dataset, kind, test_groups, xyz_scale}); settings_block:
+    the validated `evaluate` block (seeds, points, protocols, linear, finetune); both parsed at once into their
+    specs. Returns what metrics.json
     holds: per protocol, per init the per-seed scores and mean/std of miou and accuracy, and
     `pretrained_minus_scratch` with a `within_noise` flag (metrics.NOISE_RULE).
     """
     started = time.monotonic()
+    task, settings = EvaluateTask.from_block(task_block), EvaluateSpec.from_block(settings_block)
     shard_dir, checkpoint, out_dir = Path(shard_dir), Path(checkpoint), Path(out_dir)
-    kind = task_kind(task["kind"])
-    spec = backbone_from_checkpoint(checkpoint)
-    points, seeds = settings["points"], list(settings["seeds"])
+    kind = task_kind(task.kind)
+    backbone = backbone_from_checkpoint(checkpoint)
+    spec = backbone.spec
+    points, seeds = settings.points, list(settings.seeds)
     if points < spec.npoints[0]:
         raise ConfigError(
             f"evaluate.points ({points}) is below the checkpoint backbone's first SA level ({spec.npoints[0]} centres)"
         )
     split = split_by_group(
-        load_samples(shard_dir, kind, task["xyz_scale"], spec.features),
-        task["test_groups"],
+        load_samples(shard_dir, kind, task.xyz_scale, spec.features),
+        list(task.test_groups),
         kind.group_name,
         source=f"evaluate.tasks.{task_name}",
     )
@@ -128,12 +130,12 @@ def run_evaluation(
         seeds,
     )
     results: dict[str, Any] = {}
-    for protocol in settings["protocols"]:
+    for protocol in settings.protocols:
         runs: dict[str, dict[str, Any]] = {init: {} for init in INITS}
         for init in INITS:
             for seed in seeds:
                 run_started = time.monotonic()
-                scores = _one_run(task_name, kind, protocol, init, seed, settings, spec, split, test, out_dir)
+                scores = _one_run(task_name, kind, protocol, init, seed, settings, backbone, split, test, out_dir)
                 runs[init][str(seed)] = scores
                 log.info(
                     f"{task_name} {protocol} {init} seed {seed}: mIoU {scores['miou']:.4f} "
@@ -148,20 +150,20 @@ def run_evaluation(
             )
     metrics = {
         "task": task_name,
-        "kind": task["kind"],
-        "dataset": task["dataset"],
-        "xyz_scale": task["xyz_scale"],
+        "kind": task.kind,
+        "dataset": task.dataset,
+        "xyz_scale": task.xyz_scale,
         "classes": list(kind.classes),
         "checkpoint": {"path": str(checkpoint), "sha256": sha256_file(checkpoint)},
         "backbone": {
             "name": spec.name,
-            "scale": spec.scale,
+            "scale": backbone.scale,
             "npoints": list(spec.npoints),
             "features": list(spec.features.names),
             "features_read_as_zeros": split.train.zero_features,
         },
         "split": _split_summary(split, kind.group_name),
-        "settings": {key: settings[key] for key in ("seeds", "points", "protocols", *settings["protocols"])},
+        "settings": _settings_record(settings),
         "noise_rule": NOISE_RULE,
         "results": results,
         "seconds": round(time.monotonic() - started, 1),

@@ -5,7 +5,7 @@ Each `*_layout` maps an encoder's own state_dict (bare names: `sa1.mlp_module.la
 {encoder key: output key} map. Each `*_loader_view` reproduces, for verification, what that loader
 does with the file: which names it hands to the downstream model.
 
-Sources (SEED_FACTS §7, §8): the VoteNet fork's `init_model_from_weights` keeps `module.trunk.0.*`,
+Sources: the VoteNet fork's `init_model_from_weights` keeps `module.trunk.0.*`,
 drops three dot components and prefixes `backbone_net.`; SpatioTemporalSegmentation's does the same
 for `module.trunk.2.*` with bare MinkUNet names; upstream OpenPCDet (`--pretrained_model` →
 `load_params_from_file` in pcdet/models/detectors/detector3d_template.py) reads `checkpoint['model_state']`
@@ -24,8 +24,8 @@ StateDict = Mapping[str, torch.Tensor]
 KeyMap = dict[str, str]
 
 HEAD_PREFIX = "head."  # the projection head: pretraining only, never loaded downstream
-SEED_PREFIX = "module.trunk."  # DDP-wrapped ModuleList of the seed's model
-POINT_QUERY_TRUNK = 0  # seed trunk indices: 0/1 point query/key, 2/3 voxel query/key
+ORIGINAL_PREFIX = "module.trunk."  # DDP-wrapped ModuleList of the original's model
+POINT_QUERY_TRUNK = 0  # the original's trunk indices: 0/1 point query/key, 2/3 voxel query/key
 VOXEL_QUERY_TRUNK = 2
 VOTENET_PREFIX = "backbone_net."
 VOTENET_DROPPED_COMPONENTS = 3  # `module`, `trunk`, `0`
@@ -38,20 +38,20 @@ def is_head_key(key: str) -> bool:
     return key.startswith(HEAD_PREFIX)
 
 
-def seed_layout(encoder: StateDict, trunk: int) -> tuple[dict[str, torch.Tensor], KeyMap]:
-    """Encoder keys under the seed's `module.trunk.<trunk>.` prefix (head included, as the seed saves it)."""
-    key_map = {key: f"{SEED_PREFIX}{trunk}.{key}" for key in encoder}
+def original_layout(encoder: StateDict, trunk: int) -> tuple[dict[str, torch.Tensor], KeyMap]:
+    """Encoder keys under the original's `module.trunk.<trunk>.` prefix (head included, as the original saves it)."""
+    key_map = {key: f"{ORIGINAL_PREFIX}{trunk}.{key}" for key in encoder}
     return {key_map[key]: tensor for key, tensor in encoder.items()}, key_map
 
 
 def votenet_layout(point_encoder: StateDict) -> tuple[dict[str, torch.Tensor], KeyMap]:
     """`model` dict for VoteNet/H3DNet `--pre_checkpoint_path`: the point query encoder as trunk 0."""
-    return seed_layout(point_encoder, POINT_QUERY_TRUNK)
+    return original_layout(point_encoder, POINT_QUERY_TRUNK)
 
 
 def votenet_loader_view(model: StateDict) -> dict[str, torch.Tensor]:
     """The names VoteNet's loader gives `model`'s tensors: trunk-0 keys as `backbone_net.<name>`."""
-    marker = f"{SEED_PREFIX}{POINT_QUERY_TRUNK}"
+    marker = f"{ORIGINAL_PREFIX}{POINT_QUERY_TRUNK}"
     return {
         VOTENET_PREFIX + ".".join(key.split(".")[VOTENET_DROPPED_COMPONENTS:]): tensor
         for key, tensor in model.items()
@@ -67,12 +67,12 @@ def plain_layout(backbone: StateDict) -> tuple[dict[str, torch.Tensor], KeyMap]:
 
 def minkunet_seg_layout(voxel_encoder: StateDict) -> tuple[dict[str, torch.Tensor], KeyMap]:
     """`model` dict for SpatioTemporalSegmentation `--weights`: the voxel query encoder as trunk 2."""
-    return seed_layout(voxel_encoder, VOXEL_QUERY_TRUNK)
+    return original_layout(voxel_encoder, VOXEL_QUERY_TRUNK)
 
 
 def minkunet_seg_loader_view(model: StateDict) -> dict[str, torch.Tensor]:
     """The bare MinkUNet names SpatioTemporalSegmentation's loader gives `model`'s trunk-2 tensors."""
-    marker = f"{SEED_PREFIX}{VOXEL_QUERY_TRUNK}"
+    marker = f"{ORIGINAL_PREFIX}{VOXEL_QUERY_TRUNK}"
     return {
         ".".join(key.split(".")[VOTENET_DROPPED_COMPONENTS:]): tensor for key, tensor in model.items() if marker in key
     }

@@ -7,7 +7,7 @@ chrischoy/SpatioTemporalSegmentation; no MinkowskiEngine was run):
   has_bias (STS models/modules/common.py `conv`/`conv_tr`: bias=False throughout Res16UNet). A transposed conv
   (MinkowskiConvolutionTranspose) has the same [kernel_volume, in, out] kernel.
 - out[u] = Σ_i kernel[i]ᵀ·in[u + offset_i] (the MinkowskiConvolution docstring), offsets in the coordinate
-  columns' order: x, y, z (the seed's coordinates are the points' x, y, z columns).
+  columns' order: x, y, z (the original's coordinates are the points' x, y, z columns).
 - HYPERCUBE regions (STS ConvType.SPATIAL_HYPERCUBE: conv0p1s1, the strided convs and the transposed convs):
   offsets from the lower bound, the FIRST axis fastest, i = ix + K·iy + K²·iz; for an odd K the offsets run
   −K//2 .. K//2, for an even K 0 .. K−1 (src/kernel_region.hpp `kernel_region::set_bounds` and
@@ -41,7 +41,7 @@ Offset = tuple[int, int, int]
 HYPERCUBE, HYBRID, POINTWISE = "hypercube", "hybrid", "pointwise"
 BLOCK_CONV = re.compile(r"^block\d\.\d+\.conv[12]\.weight$")
 DOWNSAMPLE_CONV = re.compile(r"^block\d\.\d+\.downsample\.0\.weight$")
-# Res16UNet34 as STS and the seed define it, written here independently of models/minkunet.py
+# Res16UNet34 as STS and the original define it, written here independently of models/minkunet.py
 PLANES = (32, 64, 128, 256, 256, 256, 256, 256)
 LAYERS = (2, 3, 4, 6, 2, 2, 2, 2)
 INIT_DIM = 32

@@ -22,15 +22,15 @@ from torch import nn
 from depthcontrast import __version__
 from depthcontrast.architectures import (
     ARCHITECTURES,
+    EXPORT_TARGETS,
     KNOWN_TARGETS,
-    TARGET_NEEDS,
     describe_encoders,
-    source_format,
+    source_representation,
     what_target_needs,
 )
 from depthcontrast.checkpoint import load_checkpoint
-from depthcontrast.data.point_features import InputFeatures
 from depthcontrast.errors import ConfigError, DataError
+from depthcontrast.export.downstream import minkunet_seg_config, openpcdet_backbone_config, openpcdet_unet_config
 from depthcontrast.export.layouts import (
     HEAD_PREFIX,
     POINT_QUERY_TRUNK,
@@ -47,9 +47,8 @@ from depthcontrast.export.layouts import (
     votenet_layout,
     votenet_loader_view,
 )
-from depthcontrast.export.minkowski import CONV1_KERNEL_SIZE, Res16UNet34StandIn, minkowski_state
+from depthcontrast.export.minkowski import Res16UNet34StandIn, minkowski_state
 from depthcontrast.export.openpcdet_reference import (
-    OPENPCDET_XYZ_CHANNELS,
     SPCONV1_LAYOUT,
     PartA2StandIn,
     PointRCNNStandIn,
@@ -57,6 +56,13 @@ from depthcontrast.export.openpcdet_reference import (
 from depthcontrast.io_utils import atomic_write_bytes, atomic_write_json, sha256_file
 from depthcontrast.models.encoders import build_backbone
 from depthcontrast.models.pointnet2 import PointNet2SSG
+from depthcontrast.specs import (
+    PointBackbone,
+    SSGBackbone,
+    VoxelBackbone,
+    stored_point_backbone,
+    stored_voxel_backbone,
+)
 
 log = logging.getLogger(__name__)
 QUERY_PREFIX = "query_encoders."
@@ -82,12 +88,23 @@ class Export:
     downstream_config: dict[str, Any] | None = None  # settings the downstream model must have for the file to fit
 
 
-def checkpoint_encoders(state: Mapping[str, Any]) -> dict[str, str]:
-    """Format → architecture name of each query encoder in a loaded checkpoint."""
-    formats = sorted({key.split(".")[1] for key in state["model"] if key.startswith(QUERY_PREFIX)})
-    backbone = state["config"]["backbone"].get("name", "pointnet2_ssg")  # configs from before `name`: PointNet++
-    voxel = (state["config"].get("voxel_backbone") or {}).get("name", "voxel_encoder")
-    return {name: {"point": backbone, "voxel": voxel}.get(name, f"{name}_encoder") for name in formats}
+@dataclass(frozen=True)
+class Source:
+    """What an export is made from: the checkpoint, its epoch, and one query encoder's spec and weights."""
+
+    checkpoint: Path
+    epoch: int
+    spec: PointBackbone | VoxelBackbone  # of the representation the target is made from
+    encoder: dict[str, torch.Tensor]  # the query encoder's state_dict under its own names
+
+
+STORED_SPECS = {"point": stored_point_backbone, "voxel": stored_voxel_backbone}
+
+
+def checkpoint_encoders(state: Mapping[str, Any], source: str) -> dict[str, PointBackbone | VoxelBackbone]:
+    """Representation → spec of each query encoder in a loaded checkpoint (from its stored config's blocks)."""
+    representations = sorted({key.split(".")[1] for key in state["model"] if key.startswith(QUERY_PREFIX)})
+    return {name: STORED_SPECS[name](state["config"], source) for name in representations if name in STORED_SPECS}
 
 
 def query_encoder_state(state: Mapping[str, Any], name: str) -> dict[str, torch.Tensor]:
@@ -97,8 +114,8 @@ def query_encoder_state(state: Mapping[str, Any], name: str) -> dict[str, torch.
 
 
 def _encoder_for(checkpoint: Path, target: str, encoders: Mapping[str, str]) -> str:
-    """The format of the checkpoint's encoder that `target` is made from, else ExportError."""
-    name = source_format(target, encoders)
+    """The representation of the checkpoint's encoder that `target` is made from, else ExportError."""
+    name = source_representation(target, encoders)
     if name is None:
         raise ExportError(
             f"{checkpoint}: checkpoint has only {describe_encoders(encoders)}; target {target!r} needs a run with "
@@ -131,15 +148,16 @@ class _VoteNetDetector(nn.Module):
         self.backbone_net = PointNet2SSG(scale=scale)
 
 
-def _export_votenet(checkpoint: Path, state: Mapping[str, Any], encoder: dict[str, torch.Tensor]) -> Export:
-    model, key_map = votenet_layout(encoder)
+def _export_votenet(source: Source) -> Export:
+    spec: SSGBackbone = source.spec  # votenet and h3dnet are made from PointNet++ SSG only
+    model, key_map = votenet_layout(source.encoder)
     view = votenet_loader_view(model)
     ignored = sorted(key for key in view if key.startswith(VOTENET_PREFIX + HEAD_PREFIX))
     loaded = {key: tensor for key, tensor in view.items() if key not in ignored}
-    detector = _VoteNetDetector(state["config"]["backbone"]["scale"])
-    missing, unexpected = _strict_load(detector, loaded, f"{checkpoint}: VoteNet backbone_net")
+    detector = _VoteNetDetector(spec.scale)
+    missing, unexpected = _strict_load(detector, loaded, f"{source.checkpoint}: VoteNet backbone_net")
     return Export(
-        payload={"model": model, "epoch": state["epoch"]},
+        payload={"model": model, "epoch": source.epoch},
         tensors=model,
         key_map={f"{QUERY_PREFIX}point.{key}": out for key, out in key_map.items()},
         missing_keys=missing,
@@ -148,14 +166,13 @@ def _export_votenet(checkpoint: Path, state: Mapping[str, Any], encoder: dict[st
     )
 
 
-def _export_plain(checkpoint: Path, state: Mapping[str, Any], encoder: dict[str, torch.Tensor]) -> Export:
-    backbone, key_map = plain_layout(encoder)
-    config = state["config"]["backbone"]
-    reference = build_backbone(config)
-    name = ARCHITECTURES[config.get("name", "pointnet2_ssg")]
-    missing, unexpected = _strict_load(reference, backbone, f"{checkpoint}: {name} backbone")
+def _export_plain(source: Source) -> Export:
+    backbone, key_map = plain_layout(source.encoder)
+    reference = build_backbone(source.spec)
+    name = ARCHITECTURES[source.spec.name].title
+    missing, unexpected = _strict_load(reference, backbone, f"{source.checkpoint}: {name} backbone")
     contiguous = {key: tensor.contiguous() for key, tensor in backbone.items()}
-    metadata = {"format": "pt", "source_epoch": str(state["epoch"]), "tool_version": TOOL_VERSION}
+    metadata = {"format": "pt", "source_epoch": str(source.epoch), "tool_version": TOOL_VERSION}
     return Export(
         payload=backbone,
         tensors=backbone,
@@ -166,92 +183,41 @@ def _export_plain(checkpoint: Path, state: Mapping[str, Any], encoder: dict[str,
     )
 
 
-def openpcdet_backbone_config(backbone: Mapping[str, Any]) -> dict[str, Any]:
-    """The OpenPCDet settings a PointNet-MSG run's export fits: BACKBONE_3D and the point features.
-
-    OpenPCDet skips, without an error, every pretrained tensor whose shape differs from the detector's,
-    so the detector config must have these MLPS, FP_MLPS and input channels (NPOINTS, RADIUS and NSAMPLE
-    hold no weights: the detector may use its own).
-    """
-    features = InputFeatures.of_backbone(backbone)
-    return {
-        "BACKBONE_3D": {
-            "NAME": "PointNet2MSG",
-            "SA_CONFIG": {
-                "NPOINTS": backbone["npoints"],
-                "RADIUS": backbone["radius"],
-                "NSAMPLE": backbone["nsample"],
-                "MLPS": backbone["mlps"],
-            },
-            "FP_MLPS": backbone["fp_mlps"],
-        },
-        "input_channels": OPENPCDET_XYZ_CHANNELS + features.channels,
-        "used_feature_list": ["x", "y", "z", *features.names],
-    }
-
-
-def _export_openpcdet(checkpoint: Path, state: Mapping[str, Any], encoder: dict[str, torch.Tensor]) -> Export:
+def _export_openpcdet(source: Source) -> Export:
     """`model_state` (upstream `--pretrained_model`) + `classy_state_dict` (the DepthContrast fork), verified
     by both loaders' rules into a PointRCNN stand-in built from OpenPCDet's construction rules."""
-    downstream = openpcdet_backbone_config(state["config"]["backbone"])
-    layout, key_map = openpcdet_layout(encoder, trunk=POINT_QUERY_TRUNK)
+    downstream = openpcdet_backbone_config(source.spec)
+    layout, key_map = openpcdet_layout(source.encoder, trunk=POINT_QUERY_TRUNK)
     backbone_3d = downstream["BACKBONE_3D"]
     detector = PointRCNNStandIn(backbone_3d["SA_CONFIG"]["MLPS"], backbone_3d["FP_MLPS"], downstream["input_channels"])
-    return _verified_openpcdet(
-        checkpoint, state, encoder, (layout, key_map), (detector, detector), downstream, "point", "PointNet2MSG"
-    )
+    return _verified_openpcdet(source, (layout, key_map), (detector, detector), downstream, "point", "PointNet2MSG")
 
 
-def openpcdet_unet_config(block: Mapping[str, Any]) -> dict[str, Any]:
-    """The OpenPCDet settings a sparse-UNet run's export fits (Part-A2-free: MeanVFE + UNetV2 without conv_out).
-
-    The weights' shapes fix only the VFE's input channels (x, y, z + point features); the voxel size and
-    range are the pretraining run's, listed so the detector's voxels can be chosen alike.
-    """
-    features = InputFeatures.of_backbone(block)
-    return {
-        "VFE": {"NAME": "MeanVFE"},
-        "BACKBONE_3D": {"NAME": "UNetV2", "RETURN_ENCODED_TENSOR": False},
-        "input_channels": OPENPCDET_XYZ_CHANNELS + features.channels,
-        "used_feature_list": ["x", "y", "z", *features.names],
-        "VOXEL_SIZE": list(block["voxel_size"]),
-        "POINT_CLOUD_RANGE": list(block["point_range"]),
-        "MAX_POINTS_PER_VOXEL": block["max_points_per_voxel"],
-        "weight_layout": {
-            "model_state": "spconv 2.x [out, 3, 3, 3, in] (upstream OpenPCDet)",
-            "classy_state_dict": "spconv 1.x [3, 3, 3, in, out] (the DepthContrast fork)",
-        },
-    }
-
-
-def _export_openpcdet_unet(checkpoint: Path, state: Mapping[str, Any], encoder: dict[str, torch.Tensor]) -> Export:
+def _export_openpcdet_unet(source: Source) -> Export:
     """The sparse UNet as Part-A2's `backbone_3d`: `model_state` in spconv 2.x layout for upstream OpenPCDet,
     `classy_state_dict` trunk 2 in spconv 1.x layout for the fork; each verified by its loader's rules into a
     stand-in built from OpenPCDet's UNetV2 names and shapes in that layout."""
-    downstream = openpcdet_unet_config(state["config"]["voxel_backbone"])
-    layout, key_map = openpcdet_layout(encoder, trunk=VOXEL_QUERY_TRUNK)
+    downstream = openpcdet_unet_config(source.spec)
+    layout, key_map = openpcdet_layout(source.encoder, trunk=VOXEL_QUERY_TRUNK)
     trunk = layout["classy_state_dict"]["base_model"]["model"]["trunk"]
     trunk_spconv1, _ = spconv1_weights(trunk)
     layout["classy_state_dict"]["base_model"]["model"]["trunk"] = trunk_spconv1
     detector = PartA2StandIn(downstream["input_channels"])
     fork = PartA2StandIn(downstream["input_channels"], layout=SPCONV1_LAYOUT)
-    return _verified_openpcdet(
-        checkpoint, state, encoder, (layout, key_map), (detector, fork), downstream, "voxel", "UNetV2"
-    )
+    return _verified_openpcdet(source, (layout, key_map), (detector, fork), downstream, "voxel", "UNetV2")
 
 
 def _verified_openpcdet(
-    checkpoint: Path,
-    state: Mapping[str, Any],
-    encoder: dict[str, torch.Tensor],
+    source: Source,
     layout_and_map: tuple[dict[str, Any], dict[str, str]],
     detectors: tuple[nn.Module, nn.Module],
     downstream: dict[str, Any],
-    fmt: str,
+    representation: str,
     backbone_name: str,
 ) -> Export:
-    """An OpenPCDet export of the `fmt` encoder, checked by upstream's loader rules (nothing skipped, then a strict
-    load into detectors[0]) and by the fork's (a strict load of its view into detectors[1])."""
+    """An OpenPCDet export of the `representation` encoder, checked by upstream's loader rules (nothing skipped,
+    then a strict load into detectors[0]) and by the fork's (a strict load of its view into detectors[1])."""
+    checkpoint, encoder = source.checkpoint, source.encoder
     layout, key_map = layout_and_map
     upstream, fork = detectors
     model_state = layout["model_state"]
@@ -260,17 +226,17 @@ def _verified_openpcdet(
     if skipped:
         raise ExportError(
             f"{checkpoint}: OpenPCDet's loader would skip {_summary(skipped)} (unknown to {backbone_name} or of "
-            f"another shape); the checkpoint does not fit the {fmt} backbone its config names"
+            f"another shape); the checkpoint does not fit the {representation} backbone its config names"
         )
     missing, unexpected = _strict_load(upstream, loaded, what)
     fork_view = openpcdet_fork_loader_view(layout, list(fork.state_dict()))
     fork_missing, fork_unexpected = _strict_load(fork, fork_view, f"{what}, the fork's view")
-    trunk = POINT_QUERY_TRUNK if fmt == "point" else VOXEL_QUERY_TRUNK
+    trunk = POINT_QUERY_TRUNK if representation == "point" else VOXEL_QUERY_TRUNK
     ignored = sorted(f"classy_state_dict trunk {trunk}.{key}" for key in encoder if is_head_key(key))
     return Export(
-        payload={**layout, "epoch": state["epoch"], "version": TOOL_VERSION},
+        payload={**layout, "epoch": source.epoch, "version": TOOL_VERSION},
         tensors=model_state,
-        key_map={f"{QUERY_PREFIX}{fmt}.{key}": out for key, out in key_map.items()},
+        key_map={f"{QUERY_PREFIX}{representation}.{key}": out for key, out in key_map.items()},
         missing_keys=sorted(set(missing) | set(fork_missing)),
         unexpected_keys=sorted(set(unexpected) | set(fork_unexpected)),
         ignored_keys=ignored,
@@ -278,38 +244,20 @@ def _verified_openpcdet(
     )
 
 
-def minkunet_seg_config(block: Mapping[str, Any]) -> dict[str, Any]:
-    """The SpatioTemporalSegmentation settings a MinkUNet34 run's export fits."""
-    features = InputFeatures.of_backbone(block)
-    return {
-        "model": "Res16UNet34",
-        "conv1_kernel_size": CONV1_KERNEL_SIZE,
-        "in_channels": features.channels or 1,
-        "input_features": list(features.names) or ["constant 1"],
-        "feature_scaling": "rgb / 255 - 0.5" if "rgb" in features.names else None,
-        "voxel_size": list(block["voxel_size"]),
-        "coordinate_order": "x, y, z (MinkowskiEngine coordinates = floor(xyz / voxel_size))",
-        "weights": {
-            "state_dict": "bare Res16UNet34 names, upstream STS main.py --weights (lenient_weight_loading: no `final`)",
-            "model": "module.trunk.2.<name>, the DepthContrast STS fork's init_model_from_weights",
-        },
-        "kernel_layout": "MinkowskiEngine [kernel_volume, in, out]; 1x1x1 downsample convs [in, out]",
-    }
-
-
-def _export_minkunet_seg(checkpoint: Path, state: Mapping[str, Any], encoder: dict[str, torch.Tensor]) -> Export:
+def _export_minkunet_seg(source: Source) -> Export:
     """MinkUNet34 for SpatioTemporalSegmentation: `state_dict` with bare MinkowskiEngine names (upstream) and
     `model` keyed `module.trunk.2.` (the DepthContrast fork), kernels converted to MinkowskiEngine's layout and
     offset order; both loaders' views loaded strictly into a stand-in built from STS's Res16UNet34 names."""
-    downstream = minkunet_seg_config(state["config"]["voxel_backbone"])
-    bare, key_map = minkowski_state(encoder)
+    checkpoint = source.checkpoint
+    downstream = minkunet_seg_config(source.spec)
+    bare, key_map = minkowski_state(source.encoder)
     fork_model, _ = minkunet_seg_layout(bare)
     stand_in = Res16UNet34StandIn(downstream["in_channels"])
     missing, unexpected = _strict_load(stand_in, bare, f"{checkpoint}: SpatioTemporalSegmentation Res16UNet34")
     fork_view = minkunet_seg_loader_view(fork_model)
     fork_missing, fork_unexpected = _strict_load(stand_in, fork_view, f"{checkpoint}: STS fork Res16UNet34")
     return Export(
-        payload={"state_dict": bare, "model": fork_model, "epoch": state["epoch"], "version": TOOL_VERSION},
+        payload={"state_dict": bare, "model": fork_model, "epoch": source.epoch, "version": TOOL_VERSION},
         tensors=bare,
         key_map={f"{QUERY_PREFIX}voxel.{key}": out for key, out in key_map.items()},
         missing_keys=sorted(set(missing) | set(fork_missing)),
@@ -318,7 +266,7 @@ def _export_minkunet_seg(checkpoint: Path, state: Mapping[str, Any], encoder: di
     )
 
 
-Exporter = Callable[[Path, Mapping[str, Any], dict[str, torch.Tensor]], Export]
+Exporter = Callable[[Source], Export]
 EXPORTERS: dict[str, Exporter] = {
     "votenet": _export_votenet,
     "h3dnet": _export_votenet,
@@ -345,14 +293,15 @@ def export_checkpoint(checkpoint: Path, target: str, out_dir: Path) -> tuple[Pat
     ExportError when the checkpoint lacks the encoder the target needs or fails verification.
     """
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    if target not in TARGET_NEEDS:
+    if target not in EXPORT_TARGETS:
         raise ConfigError(f"unknown export target {target!r} (known: {', '.join(KNOWN_TARGETS)})")
     state = load_checkpoint(checkpoint)
-    name = _encoder_for(checkpoint, target, checkpoint_encoders(state))
+    specs = checkpoint_encoders(state, str(checkpoint))
+    name = _encoder_for(checkpoint, target, {representation: spec.name for representation, spec in specs.items()})
     exporters = VOXEL_EXPORTERS if name == "voxel" else EXPORTERS
     if target not in exporters:
         raise ExportError(f"{checkpoint}: export to {target!r} is not implemented yet")
-    export = exporters[target](checkpoint, state, query_encoder_state(state, name))
+    export = exporters[target](Source(checkpoint, state["epoch"], specs[name], query_encoder_state(state, name)))
     if export.missing_keys or export.unexpected_keys:
         raise ExportError(
             f"{checkpoint}: export to {target!r} does not load strictly: missing {_summary(export.missing_keys)}, "

@@ -13,8 +13,9 @@ from depthcontrast.errors import ConfigError
 from depthcontrast.models.pointnet2 import SA_NPOINTS, PointNet2SSG
 from depthcontrast.models.pointnet2_msg import PointNet2MSG
 
-DEFAULT_HEAD_DIMS = (512, 512, 128)  # the seed's point head at 1x
-MSG_HEAD_DIMS = (128, 128, 128)  # the seed's PointNet-MSG head (mlp_dim of its LiDAR configs)
+# the original's heads, the schema's derived head_dims at the default widths (tests/test_defaults.py checks them)
+ORIGINAL_HEAD_DIMS = (512, 512, 128)  # PointNet++ at 1x
+ORIGINAL_MSG_HEAD_DIMS = (128, 128, 128)  # PointNet-MSG (mlp_dim of its LiDAR configs)
 
 
 class MLPHead(nn.Module):
@@ -38,14 +39,14 @@ class MLPHead(nn.Module):
 class PointNetEncoder(PointNet2SSG):
     """PointNet++ backbone + max-pool over fp2 points + MLP head: xyz [B, N, 3] -> embedding [B, dims[-1]].
 
-    Its state_dict keys are the seed's `module.trunk.0.*` keys without that prefix (`sa1...`, `fp2...`,
+    Its state_dict keys are the original's `module.trunk.0.*` keys without that prefix (`sa1...`, `fp2...`,
     `head.clf.0.weight`). The head's first width must be the backbone's fp2 width.
     """
 
     def __init__(
         self,
         scale: int = 1,
-        mlp_dims: Sequence[int] = DEFAULT_HEAD_DIMS,
+        mlp_dims: Sequence[int] = ORIGINAL_HEAD_DIMS,
         npoints: Sequence[int] = SA_NPOINTS,
         backend: str = "auto",
     ):
@@ -66,11 +67,11 @@ class PointNetMSGEncoder(PointNet2MSG):
     """PointNet-MSG backbone + max-pool over its per-point features + MLP head: [B, N, 3 + C] -> [B, dims[-1]].
 
     Its state_dict keys are the backbone's own (OpenPCDet's `SA_modules.0.mlps.0.0.weight`, ...; the
-    seed's PointNet2MSG trunk keys) plus the head's `head.clf.*`. The head's first width must be the
+    original's PointNet2MSG trunk keys) plus the head's `head.clf.*`. The head's first width must be the
     backbone's output width (fp_mlps[0][-1]); `backbone` holds PointNet2MSG's keyword arguments.
     """
 
-    def __init__(self, mlp_dims: Sequence[int] = MSG_HEAD_DIMS, **backbone: Any):
+    def __init__(self, mlp_dims: Sequence[int] = ORIGINAL_MSG_HEAD_DIMS, **backbone: Any):
         super().__init__(**backbone)
         if mlp_dims[0] != self.out_channels:
             raise ConfigError(

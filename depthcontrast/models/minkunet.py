@@ -1,17 +1,17 @@
-"""MinkUNet34 (SpatioTemporalSegmentation's `Res16UNet34`, the seed's indoor voxel trunk) on spconv 2.x.
+"""MinkUNet34 (SpatioTemporalSegmentation's `Res16UNet34`, the original's indoor voxel trunk) on spconv 2.x.
 
-The seed trains it on MinkowskiEngine; this package has no MinkowskiEngine, so the same network is built
-from spconv layers with MinkowskiEngine's module names (SEED_FACTS §5.3; chrischoy/SpatioTemporalSegmentation
+The original trains it on MinkowskiEngine; this package has no MinkowskiEngine, so the same network is built
+from spconv layers with MinkowskiEngine's module names (chrischoy/SpatioTemporalSegmentation
 models/res16unet.py `Res16UNetBase`, models/resnet.py `_make_layer`, models/modules/resnet_block.py
-`BasicBlockBase`, models/modules/common.py `conv`/`conv_tr`/`get_norm`; the seed's copy in
+`BasicBlockBase`, models/modules/common.py `conv`/`conv_tr`/`get_norm`; the original's copy in
 facebookresearch/DepthContrast models/trunks/spconv/models/res16unet.py):
 - conv0p1s1 (3³, in → 32) + bn0; then four times a 2³ stride-2 conv (`conv1p1s2` ... `conv4p8s2`) + bn +
   a stage of BasicBlocks (`block1` ... `block4`: 2, 3, 4, 6 blocks of 32, 64, 128, 256 channels);
 - decoder: a 2³ stride-2 transposed conv (`convtr4p16s2` ... `convtr7p2s2`, 256 channels) + bn, the skip
   features of the same resolution concatenated after it, then `block5` ... `block8` (2 blocks each, 256);
 - a BasicBlock is conv1 (3³) / norm1 / ReLU / conv2 (3³) / norm2, plus the input (through `downsample`, a
-  1³ conv + norm, where the width changes), then ReLU; no conv has a bias; no `final` layer (seed
-  out_channels 1: the pretraining trunk ends at block8);
+  1³ conv + norm, where the width changes), then ReLU; no conv has a bias; no `final` layer (the
+  original's out_channels 1: the pretraining trunk ends at block8);
 - every norm is a MinkowskiBatchNorm: a module whose `bn` is a BatchNorm1d (eps 1e-5); momentum 0.02 for the
   non-block norms and the downsample norms, 0.1 inside the blocks (BasicBlockBase's default: `_make_layer`
   does not pass bn_momentum to the blocks).
@@ -22,8 +22,8 @@ conv is spconv's SparseConv3d(kernel 2, stride 2) and a transposed conv the Spar
 conv (same indice_key): exactly MinkowskiEngine's coordinates (output p covers inputs p + {0, 1}³, p even).
 
 The encoder: global max-pool of block8's output (256 channels, full resolution) and the projection head
-(seed mlp_dim [256, 256, 128]; the seed's SMLP has no ReLU between its two linears, ours has, as every
-other head in this package). Input features: the voxel's RGB (rgb/255 − 0.5, as the seed's model rescales
+(the original's mlp_dim [256, 256, 128]; its SMLP has no ReLU between its two linears, ours has, as every
+other head in this package). Input features: the voxel's RGB (rgb/255 − 0.5, as the original's model rescales
 it) when the block reads [rgb], else a constant 1.
 """
 
@@ -47,7 +47,7 @@ BN_MOMENTUM = 0.02  # Res16UNetBase's non-block norms and _make_layer's downsamp
 BLOCK_BN_MOMENTUM = 0.1  # BasicBlockBase's default
 BN_EPS = 1e-5  # MinkowskiBatchNorm's default
 EMBEDDING_CHANNELS = PLANES[7]
-SEED_HEAD_DIMS = (256, 256, 128)
+ORIGINAL_HEAD_DIMS = (256, 256, 128)
 DOWNSAMPLINGS = 4
 XYZ_COLUMNS = 3  # the voxel features start with the mean x, y, z (data/voxelize.py), which MinkUNet does not read
 
@@ -162,7 +162,7 @@ class MinkUNet34Encoder(MinkUNet34):
     after x, y, z (RGB), or a constant 1 per voxel when the block reads none.
     """
 
-    def __init__(self, in_channels: int, sparse_shape: Sequence[int], head_dims: Sequence[int] = SEED_HEAD_DIMS):
+    def __init__(self, in_channels: int, sparse_shape: Sequence[int], head_dims: Sequence[int] = ORIGINAL_HEAD_DIMS):
         super().__init__(in_channels, sparse_shape)
         if head_dims[0] != EMBEDDING_CHANNELS:
             raise ConfigError(

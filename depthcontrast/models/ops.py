@@ -6,13 +6,13 @@ with `backend="torch"` or with the environment variable DEPTHCONTRAST_POINT_OPS=
 vectorised PyTorch. Both paths compute squared distances as `dx*dx + dy*dy + dz*dz` in float32,
 rounded after each operation, so they choose the same indices bit for bit.
 
-Semantics (those of the VoteNet ops the seed uses, except where stated):
+Semantics (those of the VoteNet ops the original uses, except where stated):
 - sampling starts at `start_index` and takes, at each step, the point farthest from those already
-  taken (largest minimum squared distance); ties go to the lowest index. (The seed's CUDA kernel
+  taken (largest minimum squared distance); ties go to the lowest index. (The original's CUDA kernel
   also skips points within 1e-3 of the origin; we do not.)
 - ball query returns, per centre, the first `nsample` indices in index order with squared distance
   strictly below radius**2, padded with the first of them. An empty ball (impossible when centres are
-  points of the cloud) is all index 0, as in the seed's kernel.
+  points of the cloud) is all index 0, as in the original's kernel.
 - interpolation weights the three nearest known points by 1 / (distance + 1e-8), normalised.
 Indices carry no gradient; gradients flow to grouped and interpolated features.
 """
@@ -27,7 +27,7 @@ import torch
 
 BACKEND_ENV = "DEPTHCONTRAST_POINT_OPS"
 BACKENDS = ("auto", "torch", "triton")
-INTERPOLATION_EPS = 1e-8  # added to the Euclidean distance, as in the seed
+INTERPOLATION_EPS = 1e-8  # added to the Euclidean distance, as in the original
 NUM_NEIGHBOURS = 3
 # Elements of one [B, centres, N] distance block in the torch path: bounds its memory.
 CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}

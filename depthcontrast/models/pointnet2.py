@@ -1,9 +1,9 @@
-"""PointNet++ single-scale-grouping backbone of DepthContrast (SEED_FACTS §5.2), widths 1x to 4x.
+"""PointNet++ single-scale-grouping backbone of DepthContrast, widths 1x to 4x.
 
 Four set-abstraction (SA) levels sample centres by farthest-point sampling, group up to `nsample`
 neighbours within a radius (offsets to the centre divided by the radius, then the neighbours'
 features), run a shared MLP and max-pool over the neighbourhood. Two feature-propagation (FP)
-levels interpolate back from sa4 to sa3 and from sa3 to sa2. Module names reproduce the seed's
+levels interpolate back from sa4 to sa3 and from sa3 to sa2. Module names reproduce the original's
 state_dict keys (`sa1.mlp_module.layer0.conv.weight`, `fp2.mlp.layer1.bn.bn.weight`, ...) so its
 checkpoints load and ours load into its VoteNet fork.
 """
@@ -23,7 +23,7 @@ SA_NPOINTS = (2048, 1024, 512, 256)
 SA_RADII = (0.2, 0.4, 0.8, 1.2)
 SA_NSAMPLES = (64, 32, 16, 16)
 SA_WIDTHS = ((64, 64, 128), (128, 128, 256), (128, 128, 256), (128, 128, 256))  # times the scale
-FP_WIDTH_1X = 512  # the seed's 1x FP layers are [.., 512, 512]; wider ones are [.., 256s, 256s]
+FP_WIDTH_1X = 512  # the original's 1x FP layers are [.., 512, 512]; wider ones are [.., 256s, 256s]
 FP_WIDTH_PER_SCALE = 256
 FP_LAYERS = 2
 XYZ_CHANNELS = 3
@@ -35,7 +35,7 @@ def fp_width(scale: int) -> int:
 
 
 class BatchNorm(nn.Module):
-    """BatchNorm2d held as `.bn`, reproducing the seed's `...bn.bn.weight` keys."""
+    """BatchNorm2d held as `.bn`, reproducing the original's `...bn.bn.weight` keys."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -122,7 +122,7 @@ def _check_architecture(scale: int, npoints: Sequence[int]) -> None:
 
 
 class PointNet2SSG(nn.Module):
-    """The seed's PointNet++ SSG backbone at width `scale`; `npoints` sets the SA centre counts.
+    """The original's PointNet++ SSG backbone at width `scale`; `npoints` sets the SA centre counts.
 
     `backend` picks the point-op implementation ("auto", "torch" or "triton"; see ops.py).
     """
@@ -156,7 +156,7 @@ class PointNet2SSG(nn.Module):
         return fp_width(self.scale)
 
     def forward(self, xyz: torch.Tensor, features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """xyz [B, N, 3] (and features [B, input_feature_dim, N]) -> the seed's end points.
+        """xyz [B, N, 3] (and features [B, input_feature_dim, N]) -> the original's end points.
 
         Keys: sa{1..4}_{xyz,features,inds}, fp1_features, fp2_features [B, C, M2], fp2_xyz [B, M2, 3]
         and fp2_inds [B, M2] (indices into the input cloud), with M2 = npoints[1].

@@ -1,7 +1,7 @@
 """PointNet++ multi-scale-grouping backbone: the LiDAR point backbone DepthContrast pretrains for OpenPCDet.
 
 The architecture is OpenPCDet's `PointNet2MSG` backbone_3d as PointRCNN configures it
-(tools/cfgs/kitti_models/pointrcnn.yaml, SEED_FACTS §5.4), written on our point ops:
+(tools/cfgs/kitti_models/pointrcnn.yaml), written on our point ops:
 
 - Input: points [B, N, 3 + C], xyz then C per-point features (KITTI and DepthContrast: C = 1,
   intensity; OpenPCDet's `input_channels` = 3 + C).

@@ -1,7 +1,7 @@
 """Part-A2's sparse-conv UNet (OpenPCDet `UNetV2`, DepthContrast's `UNetV2_concat`) on spconv 2.x.
 
 The only module that imports spconv; encoders.py imports it when a run asks for a voxel encoder.
-Architecture (OpenPCDet pcdet/models/backbones_3d/spconv_unet.py, SEED_FACTS §5.4), every BatchNorm1d
+Architecture (OpenPCDet pcdet/models/backbones_3d/spconv_unet.py), every BatchNorm1d
 with eps 1e-3 and momentum 0.01, every conv without bias:
 - conv_input: SubM 3³ (C → 16) + BN + ReLU; conv1: one SubM block 16;
 - conv2 / conv3: a strided (2) sparse conv 16→32 / 32→64, padding 1, then two SubM blocks;
@@ -10,12 +10,12 @@ with eps 1e-3 and momentum 0.01, every conv without bias:
   lateral features, concatenated with the features coming up, `conv_up_m{k}` (SubM block), plus the
   concatenation summed down to the same width, then `inv_conv{k}` (the inverse of conv{k}'s
   downsampling) or, at the top, `conv5`.
-No `conv_out` (OpenPCDet's RETURN_ENCODED_TENSOR: False, as Part-A2-free): the seed does not use it.
+No `conv_out` (OpenPCDet's RETURN_ENCODED_TENSOR: False, as Part-A2-free): the original does not use it.
 Module names are OpenPCDet's, so `backbone_3d.<key>` loads into UNetV2 as it is; conv weights have
 spconv 2.x's layout [out, k, k, k, in].
 
-The encoder DepthContrast trains (seed `UNetV2_concat`): per-sample max-pools of the four decoder
-outputs (64 + 32 + 16 + 16 = 128 channels) concatenated, then the projection head (seed: 128, 128, 128).
+The encoder DepthContrast trains (the original's `UNetV2_concat`): per-sample max-pools of the four decoder
+outputs (64 + 32 + 16 + 16 = 128 channels) concatenated, then the projection head (the original's: 128, 128, 128).
 
 CPU training: spconv 2.3.8's CPU build fails in backward because `spconv.pytorch.ops` asks
 `torch.cuda.current_stream()` for a stream before looking at the tensors' device. Without CUDA the
@@ -71,7 +71,7 @@ _patch_cpu_stream()
 
 UNET_CHANNELS = 16  # conv_input / conv1 / conv5 width
 EMBEDDING_CHANNELS = 64 + 32 + 16 + 16  # the four decoder outputs, pooled and concatenated
-SEED_HEAD_DIMS = (128, 128, 128)  # the seed's mlp_dim for UNetV2
+ORIGINAL_HEAD_DIMS = (128, 128, 128)  # the original's mlp_dim for UNetV2
 DOWNSAMPLE_KERNEL = 3
 DOWNSAMPLINGS = ((1, 1, 1), (1, 1, 1), (0, 1, 1))  # paddings of conv2, conv3, conv4 (z, y, x)
 
@@ -192,7 +192,7 @@ class UNetV2Encoder(UNetV2):
     UNetV2's (OpenPCDet's backbone_3d names) plus `head.clf.*`.
     """
 
-    def __init__(self, input_channels: int, sparse_shape: Sequence[int], head_dims: Sequence[int] = SEED_HEAD_DIMS):
+    def __init__(self, input_channels: int, sparse_shape: Sequence[int], head_dims: Sequence[int] = ORIGINAL_HEAD_DIMS):
         super().__init__(input_channels, sparse_shape)
         if head_dims[0] != EMBEDDING_CHANNELS:
             raise ConfigError(
