@@ -94,11 +94,13 @@ def run_pretrain(
 
 def _original_worker(local: int, job: PretrainJob, original: OriginalLaunch, debug: bool) -> None:
     """One process of the original-style launch (mp.spawn's target; its output goes where the parent's does)."""
-    from depthcontrast.launch import world_from_seed_flags
+    from depthcontrast.launch import world_from_original_flags
     from depthcontrast.train import pretrain
 
     setup_logging(None, debug=debug)
-    world = world_from_seed_flags(original.node_rank, original.nodes, original.gpus_per_node, local, original.dist_url)
+    world = world_from_original_flags(
+        original.node_rank, original.nodes, original.gpus_per_node, local, original.dist_url
+    )
     code = pretrain(job.run_name, job.training, job.shard_dirs, job.out_dir, world, resume=job.resume,
                     device=job.device)  # fmt: skip
     if code:

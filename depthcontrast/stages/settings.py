@@ -92,9 +92,10 @@ def read_settings(path: str | Path) -> dict[str, Any]:
     schema = load_schema()  # a piece of a config: no key is required, `datasets` may be absent
     schema.pop("required", None)
     schema["properties"]["datasets"].pop("minProperties", None)
-    errors = list(_DefaultFillingValidator(schema).iter_errors(settings))
-    if errors:
-        raise _schema_error(_deepest(errors), str(path))
+    for _ in range(2):  # as config.validate_config: the second pass checks defaults filled inside if/then branches
+        errors = list(_DefaultFillingValidator(schema).iter_errors(settings))
+        if errors:
+            raise _schema_error(_deepest(errors), str(path))
     return settings
 
 
