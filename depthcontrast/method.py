@@ -230,8 +230,8 @@ class DepthContrast(nn.Module):
 
     @torch.no_grad()
     def _keys(self, name: str, batch: Any) -> torch.Tensor:
-        """Momentum-update representation `name`'s key encoder, then its normalised keys [B, D] of `batch`."""
-        self._momentum_update(name)
+        """Normalised keys [B, D] of `batch` from representation `name`'s key encoder (batch-shuffled across ranks
+        where `shuffle_keys` says so)."""
         encoder = self.key_encoders[name]
         if not self.shuffle_keys[name]:
             return self._embed(encoder, batch, name)
@@ -254,7 +254,10 @@ class DepthContrast(nn.Module):
             expected = list(self.representations)
             raise ValueError(f"DepthContrast expects inputs for representations {expected}, got {list(inputs)}")
         queries = {name: self._embed(self.query_encoders[name], inputs[name][0], name) for name in self.representations}
-        keys = {name: self._keys(name, inputs[name][1]) for name in self.representations}
+        keys: dict[str, torch.Tensor] = {}
+        for name in self.representations:  # each key encoder steps towards its query encoder, then encodes
+            self._momentum_update(name)
+            keys[name] = self._keys(name, inputs[name][1])
         sizes = {
             f"{name} {kind}": len(batch)
             for kind, group in (("query", queries), ("key", keys))
