@@ -1,7 +1,7 @@
 """Typed specs of the config blocks: each validated block is parsed once, where a stage starts, and the modules
 below take the typed part they need, never the raw dict.
 
-- a pretraining run (`pretrain.<run>`): `parse_run` → RunSpec, in train.pretrain;
+- a pretraining run (`pretrain.<run>`): `parse_run` → RunSpec, in train.Trainer (the first step of train.pretrain);
 - the built-in evaluation (`evaluate`, `evaluate.tasks.<task>`): EvaluateSpec, EvaluateTask, in evaluate.run;
 - a checkpoint's stored encoder blocks (its resolved run config): `stored_point_backbone`,
   `stored_voxel_backbone`, in evaluate.backbone and export.targets;

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import ConcatDataset, Dataset, default_collate
 
-from depthcontrast.data.augment import Compose, PointCloud, build_transforms, two_views
+from depthcontrast.data.augment import Compose, build_transforms, two_views
+from depthcontrast.data.point_cloud import PointCloud
 from depthcontrast.data.point_features import InputFeatures
 from depthcontrast.data.shard_dataset import ShardDataset
 from depthcontrast.data.voxelize import VoxelGrid, Voxels, collate_voxels, voxelize
