@@ -53,7 +53,7 @@ def read_image(path: Path, mode: str | None = None) -> np.ndarray:
 
 
 def _colour_at_depth_resolution(color: np.ndarray, height: int, width: int, what: str) -> np.ndarray:
-    """[H, W, 3] uint8 colour, resized (bilinear, as the seed did) to the depth image's size."""
+    """[H, W, 3] uint8 colour, resized (bilinear, as the original did) to the depth image's size."""
     if color.dtype != np.uint8 or color.ndim not in (2, 3):
         raise SampleError("wrong_dtype", f"{what}: colour image of dtype {color.dtype}, shape {color.shape}")
     if color.ndim == 2:

@@ -25,14 +25,14 @@ class Unit:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-SEED_FRAME_STEPS = {"scannet_sens": 10, "redwood": 15, "waymo": 2}
-"""The seed's frame subsampling per sequence format; every other format keeps every frame."""
+ORIGINAL_FRAME_STEPS = {"scannet_sens": 10, "redwood": 15, "waymo": 2}
+"""The original's frame subsampling per sequence format; every other format keeps every frame."""
 
 
 def frame_step(fmt: dict[str, Any], format_name: str) -> int:
-    """The configured `frame_step`, or the seed's default for `format_name` when it is null."""
+    """The configured `frame_step`, or the original's default for `format_name` when it is null."""
     step = fmt.get("frame_step")
-    return int(step) if step is not None else SEED_FRAME_STEPS.get(format_name, 1)
+    return int(step) if step is not None else ORIGINAL_FRAME_STEPS.get(format_name, 1)
 
 
 def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:

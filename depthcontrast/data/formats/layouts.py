@@ -15,7 +15,7 @@ LAYOUT_DESCRIPTIONS = {
     "scannet": "scans/<scene>/<scene>.sens (or <scene>/<scene>.sens) under the root",
     "redwood": "<sequence>.zip files (depth/ and rgb/ inside), or unzipped <sequence>/depth/*.png folders",
     "kitti": "training/velodyne/*.bin (and testing/velodyne/*.bin) under the root",
-    "waymo": "*.tfrecord segments, or the seed's extracted <segment>/frame_*.npy",
+    "waymo": "*.tfrecord segments, or the original's extracted <segment>/frame_*.npy",
 }
 
 

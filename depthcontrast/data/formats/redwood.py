@@ -2,7 +2,7 @@
 
 A sequence holds `depth/<frame>-<timestamp>.png` (640×480, millimetres) and optionally
 `rgb/<frame>-<timestamp>.jpg`; depth and colour are paired by the frame number before the '-', as
-the seed did. Every `frame_step`-th frame (seed: 15) is back-projected with the fixed intrinsics
+the original did. Every `frame_step`-th frame (the original: 15) is back-projected with the fixed intrinsics
 fx = fy = 525, cx = 319.5, cy = 239.5 unless the config gives others.
 """
 

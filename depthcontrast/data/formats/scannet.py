@@ -6,8 +6,8 @@ compression type (int32); colour width, height, depth width, height (uint32); de
 units per metre); frame count (uint64). Each frame: camera-to-world 4×4 float32, colour and depth
 timestamps (uint64), colour and depth byte counts (uint64), then the colour and depth bytes.
 
-Like the seed, every `frame_step`-th frame (0, 10, 20, ...) becomes a sample in the CAMERA frame,
-back-projected with the depth intrinsics, with colour resized to the depth resolution. (The seed
+Like the original, every `frame_step`-th frame (0, 10, 20, ...) becomes a sample in the CAMERA frame,
+back-projected with the depth intrinsics, with colour resized to the depth resolution. (The original
 read fx, fy, cx, cy from swapped matrix entries K[1,1], K[0,0], K[1,2], K[0,2]; we use the standard
 K[0,0], K[1,1], K[0,2], K[1,2].)
 """

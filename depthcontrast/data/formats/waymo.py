@@ -1,9 +1,9 @@
-"""Waymo Open Dataset: TFRecord segments (needs the official package) or the seed's extracted npy.
+"""Waymo Open Dataset: TFRecord segments (needs the official package) or the original's extracted npy.
 
-The seed's extractor kept every 2nd frame of each segment and saved all five lidars' first-return
+The original's extractor kept every 2nd frame of each segment and saved all five lidars' first-return
 points in the vehicle frame as `<segment>/frame_XXX.npy` (N×3); those files are read with numpy
 and need nothing else; as they are already every 2nd frame, `frame_step` defaults to 1 for them.
-Segments (`*.tfrecord`) are decoded with `waymo_open_dataset` the same way (seed: every 2nd frame).
+Segments (`*.tfrecord`) are decoded with `waymo_open_dataset` the same way (the original: every 2nd frame).
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ WAYMO_PACKAGE = "waymo_open_dataset"
 WAYMO_INSTALL_HINT = (
     "decoding Waymo .tfrecord segments needs the official package: "
     "`pip install waymo-open-dataset-tf-2-12-0` (it brings tensorflow 2.12; Python 3.10), "
-    "or run the preprocess stage in an environment that has it. Without it, the seed's extracted "
+    "or run the preprocess stage in an environment that has it. Without it, the original's extracted "
     "layout (<segment>/frame_XXX.npy, N×3 xyz) is supported: point the dataset at that folder instead."
 )
 SEGMENT_PREFIX = "segment-"
 TFRECORD_LENGTH = struct.Struct("<Q")
 TFRECORD_CRC_BYTES = 4
-FRAME_ID_DIGITS = 3  # the seed's frame_%03d names
+FRAME_ID_DIGITS = 3  # the original's frame_%03d names
 
 
 def waymo_available() -> bool:
@@ -46,7 +46,7 @@ def require_waymo(segments: list[str]) -> None:
 
 
 def segment_name(path: str | Path) -> str:
-    """The segment id the seed named its output folder by ('segment-XYZ.tfrecord' → 'XYZ')."""
+    """The segment id the original named its output folder by ('segment-XYZ.tfrecord' → 'XYZ')."""
     return Path(path).name.split(SEGMENT_PREFIX)[-1].split(".")[0]
 
 
