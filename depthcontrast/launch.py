@@ -84,9 +84,6 @@ def world_from_original_flags(
     return WorldInfo(node_rank * gpus_per_node + local, num_nodes * gpus_per_node, local, dist_url)
 
 
-world_from_seed_flags = world_from_original_flags  # the old name, until stages/pretrain.py uses the new one
-
-
 def device_for(world: WorldInfo, requested: str = "auto") -> torch.device:
     """cuda:<local_rank> when CUDA is available (and not refused), else cpu. A task that sees one GPU only
     (srun --gpus-per-task=1 binds one to each task) takes that one."""
