@@ -155,6 +155,19 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
     return filled
 
 
+def validate_settings(settings: dict[str, Any], source: str) -> dict[str, Any]:
+    """A piece of a config (a stage's settings file: any top-level blocks, none required) validated in place
+    against the schema with defaults filled, in two passes like validate_config; an error is one line."""
+    schema = load_schema()
+    schema.pop("required", None)
+    schema["properties"]["datasets"].pop("minProperties", None)
+    for _ in range(2):  # the second pass checks the defaults filled inside conditional branches
+        errors = list(_DefaultFillingValidator(schema).iter_errors(settings))
+        if errors:
+            raise _schema_error(_deepest(errors), source)
+    return settings
+
+
 def validate_part(value: Any, definition: str, key: Key, source: str) -> Any:
     """A validated deep copy of one block of a config, e.g. a checkpoint's stored `backbone` block, against the
     schema at `definition` (a JSON pointer such as "#/$defs/pretrain_run/properties/backbone"), defaults filled;

@@ -36,27 +36,48 @@ class TaskLayout:
     @classmethod
     def of_run(cls, resources: Mapping[str, Any]) -> TaskLayout:
         """The layout that a run's validated `resources:` block asks for."""
-        return cls(resources["nodes"], resources["tasks_per_node"], int(resources["gpu"]), resources["cpus_per_task"])
+        spec = ResourcesSpec.of_block(resources)
+        return cls(spec.nodes, spec.tasks_per_node, int(spec.gpu), spec.cpus_per_task)
+
+
+@dataclass(frozen=True)
+class ResourcesSpec:
+    """What a run's job asks of Slurm: its validated `resources:` block, typed."""
+
+    nodes: int
+    tasks_per_node: int
+    gpu: bool
+    gpu_model: str | None
+    cpus_per_task: int
+    mem_mb: int
+    runtime: int  # minutes
+    signal_before_limit_s: int
+
+    @classmethod
+    def of_block(cls, resources: Mapping[str, Any]) -> ResourcesSpec:
+        """From a validated `resources:` block (the schema has filled every key)."""
+        return cls(**{name: resources[name] for name in cls.__dataclass_fields__})
 
 
 def job_resources(resources: Mapping[str, Any]) -> dict[str, int | str]:
     """The pretrain rule's resources: what the Slurm plugin's sbatch asks for, from the run's `resources:` block,
     and `gpus_per_task` (the plugin ignores it) for the rule's srun."""
+    spec = ResourcesSpec.of_block(resources)
     layout = TaskLayout.of_run(resources)
     asked: dict[str, int | str] = {
         "nodes": layout.nodes,
         "cpus_per_task": layout.cpus_per_task,
-        "mem_mb": resources["mem_mb"],  # sbatch --mem: per node
-        "runtime": resources["runtime"],
-        "slurm_extra": f"--signal=TERM@{resources['signal_before_limit_s']}",  # every task, not the batch shell
+        "mem_mb": spec.mem_mb,  # sbatch --mem: per node
+        "runtime": spec.runtime,
+        "slurm_extra": f"--signal=TERM@{spec.signal_before_limit_s}",  # every task, not the batch shell
         "gpus_per_task": layout.gpus_per_task,
     }
-    model = f"{resources['gpu_model']}:" if resources["gpu_model"] else ""
+    model = f"{spec.gpu_model}:" if spec.gpu_model else ""
     if layout.world_size == 1:
         if layout.gpus_per_task:
             asked["gpu"] = 1  # --gpus=[model:]1, also given to the plugin's own srun step
             if model:
-                asked["gpu_model"] = resources["gpu_model"]
+                asked["gpu_model"] = spec.gpu_model
         return asked
     asked["mpi"] = "srun"  # the plugin then runs the rule without its own srun step; the rule calls srun
     if layout.tasks_per_node > 1:

@@ -5,7 +5,7 @@ below take the typed part they need, never the raw dict.
 - the built-in evaluation (`evaluate`, `evaluate.tasks.<task>`): EvaluateSpec, EvaluateTask, in evaluate.run;
 - a checkpoint's stored encoder blocks (its resolved run config): `stored_point_backbone`,
   `stored_voxel_backbone`, in evaluate.backbone and export.targets;
-- a run's Slurm `resources`: ResourcesSpec.
+- a run's Slurm `resources`: slurm.ResourcesSpec (the Slurm layer's own).
 
 Every default lives in the schema (depthcontrast/schemas/config.schema.yaml), which fills it in before a block
 gets here, so a spec only reads. Where the schema leaves a key null to be derived (`x-derived-default`), the one
@@ -207,20 +207,6 @@ class ViewsSpec:
         """The voxel views' augmentations: the same without the final resampling (the original's voxel branch
         keeps every point)."""
         return tuple(spec for spec in self.transforms if spec.name not in RESAMPLERS)
-
-
-@dataclass(frozen=True)
-class ResourcesSpec:
-    """What a run's job asks of Slurm (`resources`)."""
-
-    nodes: int
-    tasks_per_node: int
-    gpu: bool
-    gpu_model: str | None
-    cpus_per_task: int
-    mem_mb: int
-    runtime: int
-    signal_before_limit_s: int
 
 
 @dataclass(frozen=True)

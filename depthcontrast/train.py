@@ -52,12 +52,9 @@ RESUMABLE_CHANGES = (
 VIEW_KEYS = {"point": ("view_a", "view_b"), "voxel": ("voxel_a", "voxel_b")}  # a batch's (query, key) views
 
 
-def build_model(run: RunSpec | Mapping[str, Any]) -> DepthContrast:
+def build_model(spec: RunSpec) -> DepthContrast:
     """DepthContrast with the encoders of the run's representations: the point encoder of its `backbone`
-    (PointNet++ SSG or MSG) and/or the voxel encoder of its `voxel_backbone` (sparse UNet, MinkUNet34).
-
-    A validated run block is parsed first (the original-checkpoint import passes one)."""
-    spec = run if isinstance(run, RunSpec) else parse_run(run)
+    (PointNet++ SSG or MSG) and/or the voxel encoder of its `voxel_backbone` (sparse UNet, MinkUNet34)."""
     loss = spec.loss
     makers = {
         "point": lambda: build_point_encoder(spec.backbone, loss.embedding_dim),

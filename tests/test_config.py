@@ -146,7 +146,10 @@ def test_a_run_without_export_targets_exports_what_its_encoders_make(run, target
             "'minkunet_seg' needs a MinkUNet voxel encoder (voxel_backbone.name: minkunet), but the run trains a "
             "PointNet++ point encoder",
         ),
-        ({"representations": ["voxel"]}, "pretrain.r: representations lists voxel, but the run has no voxel_backbone block"),
+        (
+            {"representations": ["voxel"]},
+            "pretrain.r: representations lists voxel, but the run has no voxel_backbone block",
+        ),
     ],
 )
 def test_export_targets_the_run_cannot_make_are_a_config_error(run, expected):

@@ -32,6 +32,7 @@ from depthcontrast.evaluate.tasks import (
     task_kind,
 )
 from depthcontrast.models.pointnet2 import PointNet2SSG
+from depthcontrast.specs import parse_run
 from depthcontrast.train import build_model
 from tests.conftest import run_cli
 
@@ -82,7 +83,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn
     """A checkpoint of our layout (DepthContrast state_dict + resolved run config) and its model."""
     run = _tiny_run()
     torch.manual_seed(1234)  # not a seed the evaluation uses: "pretrained" weights differ from scratch ones
-    model = build_model(run)
+    model = build_model(parse_run(run))
     return _save(tmp_path_factory.mktemp("ckpt") / "last.pth", model.state_dict(), run), model
 
 

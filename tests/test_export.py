@@ -43,6 +43,7 @@ from depthcontrast.io_utils import sha256_file
 from depthcontrast.method import DepthContrast
 from depthcontrast.models.heads import PointNetEncoder
 from depthcontrast.models.pointnet2 import PointNet2SSG
+from depthcontrast.specs import parse_run
 from depthcontrast.train import build_model
 from tests.conftest import run_cli
 from tests.test_pointnet2_msg import pointrcnn_backbone_shapes
@@ -247,7 +248,7 @@ def test_an_original_checkpoint_imports_and_exports_to_votenet_with_its_own_keys
     config = state["config"]
     assert config["backbone"]["scale"] == scale and config["backbone"]["head_dims"] == head
     assert config["loss"]["num_negatives"] == QUEUE and config["loss"]["embedding_dim"] == head[-1]
-    build_model(config).load_state_dict(state["model"], strict=True)
+    build_model(parse_run(config)).load_state_dict(state["model"], strict=True)
     assert torch.equal(state["model"]["queue_point"], original["train_criterion"]["queue"])
     assert int(state["model"]["queue_ptr_point"][0]) == QUEUE // 2
     assert state["epoch"] == ORIGINAL_EPOCH and state["optimizer"] is None
@@ -278,7 +279,7 @@ def test_a_joint_original_checkpoint_imports_its_point_trunks_and_reports_the_vo
     ]
     assert "MinkowskiEngine" in caplog.text and "module.trunk.2" in caplog.text
     assert not any("conv0p1s1" in k for k in state["model"])
-    build_model(state["config"]).load_state_dict(state["model"], strict=True)
+    build_model(parse_run(state["config"])).load_state_dict(state["model"], strict=True)
 
 
 def test_an_original_checkpoint_with_arbitrary_pickle_is_refused_unless_trusted(tmp_path: Path):
@@ -431,7 +432,7 @@ def msg_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A PointNet-MSG run's checkpoint as train.py writes it (PointRCNN widths, intensity input)."""
     torch.manual_seed(1)
     run = msg_run_config()
-    model = build_model(run)
+    model = build_model(parse_run(run))
     with torch.no_grad():
         randomise_buffers(model)
         for param in model.key_encoders.parameters():
@@ -606,7 +607,7 @@ def voxel_checkpoint(folder: Path, run: dict, seed: int, shift_key_encoders: boo
     """<folder>/last.pth of `run`'s freshly built model with non-default BN statistics (and key encoders moved
     off the query encoders' values when asked), in train.py's checkpoint layout."""
     torch.manual_seed(seed)
-    model = build_model(run)
+    model = build_model(parse_run(run))
     with torch.no_grad():
         randomise_buffers(model)
         if shift_key_encoders:
@@ -788,7 +789,7 @@ def test_a_minkunet_run_without_features_exports_a_one_channel_input(tmp_path):
     run = minkunet_run_config(features=[])
     path = tmp_path / "ckpt.pth"
     save_checkpoint(
-        path, {"model": build_model(run).state_dict(), "optimizer": {}, "epoch": 1, "step": 1, "config": run}
+        path, {"model": build_model(parse_run(run)).state_dict(), "optimizer": {}, "epoch": 1, "step": 1, "config": run}
     )
     weights, sidecar = export_checkpoint(path, "minkunet_seg", tmp_path / "out")
     assert torch.load(weights, weights_only=True)["state_dict"]["conv0p1s1.kernel"].shape == (27, 1, 32)

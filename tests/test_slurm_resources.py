@@ -109,3 +109,10 @@ def test_the_tasks_of_a_two_node_job_get_global_ranks_and_the_first_node_as_rend
     ]
     assert [(w.rank, w.local_rank, w.world_size) for w in worlds] == [(r, r % 4, 8) for r in range(8)]
     assert {w.init_method for w in worlds} == {"tcp://gpu3:24242"}
+
+
+def test_the_resources_spec_has_exactly_the_schemas_resources_keys():
+    from depthcontrast.config import load_schema
+    from depthcontrast.slurm import ResourcesSpec
+
+    assert set(ResourcesSpec.__dataclass_fields__) == set(load_schema()["$defs"]["run_resources"]["properties"])

@@ -324,10 +324,10 @@ def test_voxel_keys_are_not_batch_shuffled_and_a_joint_run_defaults_to_the_origi
     from depthcontrast.train import build_model
 
     settings = {"datasets": ["d"], "voxel_backbone": {}, "loss": {"num_negatives": 8}}
-    voxel_only = build_model(run_config(**settings, representations=["voxel"]))
+    voxel_only = build_model(parse_run(run_config(**settings, representations=["voxel"])))
     assert voxel_only.representations == ("voxel",) and voxel_only.shuffle_keys == {"voxel": False}
     assert voxel_only.term_weights == {"npid": 1.0}
-    joint = build_model(run_config(**settings, representations=["point", "voxel"]))
+    joint = build_model(parse_run(run_config(**settings, representations=["point", "voxel"])))
     assert joint.shuffle_keys == {"point": True, "voxel": False}
     assert joint.term_weights == {"npid": 1.0, "npid_other": 1.0}  # point_vox_lidar_template: NPID, weights 1 / 1
 

@@ -25,6 +25,7 @@ from depthcontrast.config import validate_config
 from depthcontrast.errors import DataError
 from depthcontrast.io_utils import sha256_file
 from depthcontrast.models.pointnet2 import SA_WIDTHS
+from depthcontrast.specs import parse_run
 from depthcontrast.train import build_model
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ def import_original_checkpoint(path: Path, out: Path, trust_pickle: bool = False
     """Convert a `checkpoint-epNNN.pth.tar` of the original DepthContrast code into our checkpoint format at `out`;
     return `out`.
 
-    The model loads strictly into `build_model(state["config"])`. `imported_from` records the source,
+    The model loads strictly into `build_model(parse_run(state["config"]))`. `imported_from` records the source,
     its sha256 and what was left out (voxel trunks and queue of joint models, the optimizer).
     """
     path, out = Path(path), Path(out)
@@ -161,7 +162,7 @@ def import_original_checkpoint(path: Path, out: Path, trust_pickle: bool = False
         prefix + key: tensor for index, prefix in POINT_TRUNKS.items() for key, tensor in trunks[index].items()
     }
     model_state.update({ours: criterion[theirs] for theirs, ours in QUEUE_KEYS.items()})
-    model = build_model(config)
+    model = build_model(parse_run(config))
     try:
         model.load_state_dict(model_state, strict=True)
     except RuntimeError as exc:

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from depthcontrast.config import _deepest, _DefaultFillingValidator, _schema_error, dotted, load_schema
+from depthcontrast.config import dotted, validate_settings
 from depthcontrast.errors import ConfigError
 from depthcontrast.io_utils import atomic_write_bytes
 from depthcontrast.stages.pretrain import run_settings
@@ -89,14 +89,7 @@ def read_settings(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__}: {exc})") from None
     if not isinstance(settings, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of config keys, got {type(settings).__name__}")
-    schema = load_schema()  # a piece of a config: no key is required, `datasets` may be absent
-    schema.pop("required", None)
-    schema["properties"]["datasets"].pop("minProperties", None)
-    for _ in range(2):  # as config.validate_config: the second pass checks defaults filled inside if/then branches
-        errors = list(_DefaultFillingValidator(schema).iter_errors(settings))
-        if errors:
-            raise _schema_error(_deepest(errors), str(path))
-    return settings
+    return validate_settings(settings, str(path))
 
 
 def config_block(config: Mapping[str, Any], key: Sequence[str], source: str | Path) -> Any:
