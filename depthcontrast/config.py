@@ -249,18 +249,24 @@ def _deepest(errors: list[ValidationError]) -> ValidationError:
     return error
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file and validate it."""
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """The YAML mapping in `path` (a config or settings file); a ConfigError in one line when it is missing,
+    not YAML or not a mapping."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        raise ConfigError(f"{path}: {what} not found") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__}: {exc})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
-    return validate_config(raw, source=str(path))
+    return raw
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file and validate it."""
+    return validate_config(read_yaml_mapping(path, "config file"), source=str(path))
 
 
 WORKFLOW_OVERRIDES = "--config overrides"

@@ -36,6 +36,13 @@ class MLPHead(nn.Module):
         return self.clf(x)
 
 
+def head_on(mlp_dims: Sequence[int], width: int, what: str) -> MLPHead:
+    """The MLP head on a backbone whose output width is `width` (`what` names it); its first width must match."""
+    if mlp_dims[0] != width:
+        raise ConfigError(f"the point head's first width must be {what} ({width}), got mlp_dims {list(mlp_dims)}")
+    return MLPHead(mlp_dims)
+
+
 class PointNetEncoder(PointNet2SSG):
     """PointNet++ backbone + max-pool over fp2 points + MLP head: xyz [B, N, 3] -> embedding [B, dims[-1]].
 
@@ -51,12 +58,7 @@ class PointNetEncoder(PointNet2SSG):
         backend: str = "auto",
     ):
         super().__init__(scale=scale, npoints=npoints, backend=backend)
-        if mlp_dims[0] != self.out_channels:
-            raise ConfigError(
-                f"the point head's first width must be the fp2 width of a {scale}x PointNet++ "
-                f"({self.out_channels}), got mlp_dims {list(mlp_dims)}"
-            )
-        self.head = MLPHead(mlp_dims)
+        self.head = head_on(mlp_dims, self.out_channels, f"the fp2 width of a {scale}x PointNet++")
 
     def forward(self, xyz: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         fp2 = super().forward(xyz)["fp2_features"]
@@ -73,12 +75,7 @@ class PointNetMSGEncoder(PointNet2MSG):
 
     def __init__(self, mlp_dims: Sequence[int] = ORIGINAL_MSG_HEAD_DIMS, **backbone: Any):
         super().__init__(**backbone)
-        if mlp_dims[0] != self.out_channels:
-            raise ConfigError(
-                f"the point head's first width must be the PointNet-MSG output width ({self.out_channels}), "
-                f"got mlp_dims {list(mlp_dims)}"
-            )
-        self.head = MLPHead(mlp_dims)
+        self.head = head_on(mlp_dims, self.out_channels, "the PointNet-MSG output width")
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         features = super().forward(points)["fp2_features"]

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from depthcontrast.config import dotted, validate_settings
+from depthcontrast.config import dotted, read_yaml_mapping, validate_settings
 from depthcontrast.errors import ConfigError
 from depthcontrast.io_utils import atomic_write_bytes
 from depthcontrast.stages.pretrain import run_settings
@@ -80,16 +80,7 @@ def write_settings(settings: Mapping[str, Any], path: str | Path, stage: str, na
 def read_settings(path: str | Path) -> dict[str, Any]:
     """A settings file, validated against the schema with defaults filled; errors in one line naming the file
     and the key."""
-    path = Path(path)
-    try:
-        settings = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: settings file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__}: {exc})") from None
-    if not isinstance(settings, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of config keys, got {type(settings).__name__}")
-    return validate_settings(settings, str(path))
+    return validate_settings(read_yaml_mapping(path, "settings file"), str(path))
 
 
 def config_block(config: Mapping[str, Any], key: Sequence[str], source: str | Path) -> Any:
