@@ -91,22 +91,23 @@ class SetAbstraction(nn.Module):
 
 
 class FeaturePropagation(nn.Module):
-    """One FP level: interpolate known features onto unknown points, concatenate the skip, shared MLP."""
+    """One FP level: interpolate known features onto unknown points, append the skip (if any), shared `mlp`."""
 
-    def __init__(self, widths: Sequence[int]):
+    def __init__(self, mlp: nn.Module):
         super().__init__()
-        self.mlp = SharedMLP(widths)
+        self.mlp = mlp
 
     def forward(
         self,
         unknown_xyz: torch.Tensor,
         known_xyz: torch.Tensor,
-        unknown_features: torch.Tensor,
+        unknown_features: torch.Tensor | None,
         known_features: torch.Tensor,
     ) -> torch.Tensor:
-        """[B, n, 3], [B, m, 3], [B, C1, n], [B, C2, m] -> [B, C', n]."""
-        interpolated = ops.three_nn_interpolate(unknown_xyz, known_xyz, known_features)
-        stacked = torch.cat([interpolated, unknown_features.to(interpolated.dtype)], dim=1)
+        """[B, n, 3], [B, m, 3], [B, C1, n] or None, [B, C2, m] -> [B, C', n]."""
+        stacked = ops.three_nn_interpolate(unknown_xyz, known_xyz, known_features)
+        if unknown_features is not None:
+            stacked = torch.cat([stacked, unknown_features.to(stacked.dtype)], dim=1)
         return self.mlp(stacked[..., None])[..., 0]
 
 
@@ -147,8 +148,8 @@ class PointNet2SSG(nn.Module):
             in_channels = scaled[-1]
         sa2_channels, sa3_channels = SA_WIDTHS[1][-1] * scale, SA_WIDTHS[2][-1] * scale
         width = fp_width(scale)
-        self.fp1 = FeaturePropagation([sa3_channels + in_channels] + [width] * FP_LAYERS)
-        self.fp2 = FeaturePropagation([sa2_channels + width] + [width] * FP_LAYERS)
+        self.fp1 = FeaturePropagation(SharedMLP([sa3_channels + in_channels] + [width] * FP_LAYERS))
+        self.fp2 = FeaturePropagation(SharedMLP([sa2_channels + width] + [width] * FP_LAYERS))
 
     @property
     def out_channels(self) -> int:

@@ -31,6 +31,7 @@ from torch import nn
 
 from depthcontrast.errors import ConfigError
 from depthcontrast.models import ops
+from depthcontrast.models.pointnet2 import FeaturePropagation
 
 # OpenPCDet PointRCNN (tools/cfgs/kitti_models/pointrcnn.yaml, BACKBONE_3D), also DepthContrast's PointNet2MSG
 MSG_NPOINTS = (4096, 1024, 256, 64)
@@ -87,27 +88,6 @@ class MultiScaleSetAbstraction(nn.Module):
                 grouped = torch.cat([grouped.to(features.dtype), ops.group(features, idx)], dim=1)
             outputs.append(mlp(grouped).max(dim=-1).values)
         return centres, torch.cat(outputs, dim=1), inds
-
-
-class MultiScaleFeaturePropagation(nn.Module):
-    """Interpolate known features onto the unknown points, append theirs (if any), shared MLP."""
-
-    def __init__(self, widths: Sequence[int]):
-        super().__init__()
-        self.mlp = shared_mlp(widths)
-
-    def forward(
-        self,
-        unknown_xyz: torch.Tensor,
-        known_xyz: torch.Tensor,
-        unknown_features: torch.Tensor | None,
-        known_features: torch.Tensor,
-    ) -> torch.Tensor:
-        """[B, n, 3], [B, m, 3], [B, C1, n] or None, [B, C2, m] -> [B, C', n]."""
-        stacked = ops.three_nn_interpolate(unknown_xyz, known_xyz, known_features)
-        if unknown_features is not None:
-            stacked = torch.cat([stacked, unknown_features.to(stacked.dtype)], dim=1)
-        return self.mlp(stacked[..., None])[..., 0]
 
 
 def _positive_ints(values: object) -> bool:
@@ -186,7 +166,7 @@ class PointNet2MSG(nn.Module):
         self.FP_modules = nn.ModuleList()
         for k, widths in enumerate(fp_mlps):
             from_below = fp_mlps[k + 1][-1] if k + 1 < len(fp_mlps) else level_channels[-1]
-            self.FP_modules.append(MultiScaleFeaturePropagation([from_below + level_channels[k], *widths]))
+            self.FP_modules.append(FeaturePropagation(shared_mlp([from_below + level_channels[k], *widths])))
         self._out_channels = fp_mlps[0][-1]
 
     @property
