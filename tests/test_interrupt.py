@@ -125,7 +125,9 @@ def test_ctrl_c_during_a_download_is_one_line_and_exit_130(tmp_path: Path):
         config.write_text(yaml.safe_dump({"datasets": {"scans": {"source": source}}, "pretrain": {}}))
         command = [sys.executable, "-m", "depthcontrast", "download", "--config", str(config), "--dataset", "scans",
                    "--results", str(tmp_path / "results")]  # fmt: skip
-        victim = subprocess.Popen(command, env=CLI_ENV, stderr=subprocess.PIPE, text=True)
+        # as from a terminal: a shell starts background jobs (CI's, say) with SIGINT ignored, and Python keeps that
+        restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+        victim = subprocess.Popen(command, env=CLI_ENV, stderr=subprocess.PIPE, text=True, preexec_fn=restore)
         wait_for(lambda: bool(server.hits_for("/scan.ply")), victim)  # the transfer has started, and stalls
         victim.send_signal(signal.SIGINT)
         _, stderr = victim.communicate(timeout=30)
