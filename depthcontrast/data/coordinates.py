@@ -67,7 +67,7 @@ def to_float32_metres(sample: Sample, rules: CoordinateRules, source: str) -> Sa
     elif kind != "f":  # the generic checks report other types
         return sample
     if points.dtype == np.float32:
-        return replace(sample, points=np.ascontiguousarray(points)) if points is not sample.points else sample
+        return replace(sample, points=points)  # select_outputs makes it contiguous
     points = points.astype(np.float64, copy=False)
     with np.errstate(invalid="ignore"):
         beyond = np.nanmax(np.abs(points), axis=0, initial=0.0) > rules.shift_origin_above_m

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from depthcontrast.data.shards import ShardIndex, read_index
 from depthcontrast.errors import DataError
 from depthcontrast.io_utils import sha256_file
+from depthcontrast.log import progress
 
 # Per-dataset HDF5 chunk cache: holds all the chunks one sample spans (a 50k-point float32 xyz
 # sample touches at most 8 chunks of 96 KiB), so each is decompressed once per read.
@@ -113,14 +114,10 @@ class ShardDataset(Dataset):
         return self.index.feature_samples.get(name, 0)
 
     def verify_all(self) -> None:
-        """Check every shard's sha256 now (e.g. in the parent, before DataLoader workers fork)."""
-        for k in range(len(self.index.shards)):
-            self.check_shard(k)
-
-    def check_shard(self, k: int) -> None:
-        """Check shard k's sha256 against index.json (DataError naming the file when they differ)."""
-        entry = self.index.shards[k]
-        self._verify(self.shard_dir / entry.file, entry.sha256)
+        """Check every shard's sha256 against index.json now, behind a progress bar (e.g. in the parent, before
+        DataLoader workers fork); a DataError names the first file that differs."""
+        for entry in progress(self.index.shards, desc=f"sha256 {self.shard_dir.name}", unit="shard"):
+            self._verify(self.shard_dir / entry.file, entry.sha256)
 
     def close(self) -> None:
         """Close the shard handles this process opened."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from depthcontrast.data.shard_dataset import ShardDataset
-from depthcontrast.log import progress
 
 
 def inspect_shards(shard_dir: Path, head: int = 5, quick: bool = False) -> list[str]:
@@ -14,8 +13,7 @@ def inspect_shards(shard_dir: Path, head: int = 5, quick: bool = False) -> list[
     dataset = ShardDataset(shard_dir, verify=not quick)
     index = dataset.index
     if not quick:
-        for k in progress(range(len(index.shards)), desc="sha256", total=len(index.shards), unit="shard"):
-            dataset.check_shard(k)
+        dataset.verify_all()
     features = ", ".join(f"{name} ({index.feature_samples.get(name, 0)})" for name in index.feature_names) or "none"
     labels = f"{index.labelled_samples} labelled" if index.has_labels else "none"
     lines = [
