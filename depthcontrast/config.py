@@ -161,10 +161,7 @@ def validate_settings(settings: dict[str, Any], source: str) -> dict[str, Any]:
     schema = load_schema()
     schema.pop("required", None)
     schema["properties"]["datasets"].pop("minProperties", None)
-    for _ in range(2):  # the second pass checks the defaults filled inside conditional branches
-        errors = list(_DefaultFillingValidator(schema).iter_errors(settings))
-        if errors:
-            raise _schema_error(_deepest(errors), source)
+    _fill_and_check(schema, settings, source)
     return settings
 
 
@@ -174,12 +171,20 @@ def validate_part(value: Any, definition: str, key: Key, source: str) -> Any:
     an error is one line naming `key` (where the block sits in a config)."""
     schema = load_schema()
     filled = copy.deepcopy(value)
-    for _ in range(2):  # the second pass checks the defaults filled inside conditional branches
-        errors = list(_DefaultFillingValidator({"$ref": definition, "$defs": schema["$defs"]}).iter_errors(filled))
-        if errors:
-            error = _schema_error(_deepest(errors), source)
-            raise ConfigKeyError(source, (*key, *error.key), error.detail, (*key, *error.blame), error.hint)
+    try:
+        _fill_and_check({"$ref": definition, "$defs": schema["$defs"]}, filled, source)
+    except ConfigKeyError as error:
+        raise ConfigKeyError(source, (*key, *error.key), error.detail, (*key, *error.blame), error.hint) from None
     return filled
+
+
+def _fill_and_check(schema: dict[str, Any], instance: Any, source: str) -> None:
+    """Fill `instance`'s defaults from `schema` and check it, twice: the second pass checks the defaults filled
+    inside conditional branches; an error is one line (ConfigKeyError)."""
+    for _ in range(2):
+        errors = list(_DefaultFillingValidator(schema).iter_errors(instance))
+        if errors:
+            raise _schema_error(_deepest(errors), source)
 
 
 def _check_references(config: dict[str, Any], source: str) -> None:
