@@ -1,0 +1,5 @@
+import sys
+
+from depthcontrast.containers.cli import main
+
+sys.exit(main())
