@@ -2,10 +2,12 @@
 """Set everything up on a fresh machine with only Python, then run the demo workflow or the tests.
 
     python3 bootstrap.py demo [snakemake args...]   # venv + deps, then the DAG on the built-in data
-    python3 bootstrap.py test [pytest args...]      # venv + deps, then the test suite
+    python3 bootstrap.py test [pytest args...]      # venv + deps + MinkowskiEngine (CPU), then the test suite
     python3 bootstrap.py setup                      # venv + deps only
 
-The virtual environment lives in .venv/ and is rebuilt when pyproject.toml or the lock file change.
+The virtual environment lives in .venv/ and is rebuilt when pyproject.toml or the lock file change. `test` also
+builds the MinkowskiEngine CPU wheel with the repo's build step (python -m depthcontrast.minkowski_build; ~4 min
+on 2 cores the first time, then taken from its cache in ~/.cache/depthcontrast) and installs it into .venv.
 Environment: DEPTHCONTRAST_TORCH overrides the torch requirement (default: the CPU build torch==2.13.0).
 """
 
@@ -17,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import venv
 from pathlib import Path
 
@@ -28,6 +31,8 @@ DEFAULT_TORCH = "torch==2.13.0"
 EXTRAS = ("dev", "voxel")  # pyproject extras installed: tests + tools, the spconv voxel stack (CPU build)
 # shared libraries that wheels need but do not bundle: (library name, Debian package)
 SYSTEM_LIBRARIES = [("usb-1.0", "libusb-1.0-0")]  # open3d
+# files the MinkowskiEngine build needs: (path, Debian package)
+BUILD_FILES = [("/usr/include/x86_64-linux-gnu/cblas.h", "libopenblas-dev")]
 
 
 def say(message: str) -> None:
@@ -51,8 +56,10 @@ def install_stamp() -> str:
     return digest.hexdigest()
 
 
-def ensure_system_libraries() -> None:
+def ensure_system_libraries(build_files: bool = False) -> None:
     missing = [pkg for lib, pkg in SYSTEM_LIBRARIES if ctypes.util.find_library(lib) is None]
+    if build_files:
+        missing += [pkg for path, pkg in BUILD_FILES if not Path(path).exists()]
     if not missing:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
@@ -78,12 +85,23 @@ def ensure_venv() -> None:
     STAMP.write_text(stamp)
 
 
+def ensure_minkowski() -> None:
+    """MinkowskiEngine 0.5.4 (CPU) in .venv, built by the repo's build step or taken from its wheel cache."""
+    start = time.monotonic()
+    command = [str(venv_python()), "-m", "depthcontrast.minkowski_build", "--cpu", "--install", "--if-missing"]
+    if subprocess.run(command, cwd=ROOT).returncode != 0:
+        sys.exit("[bootstrap] the MinkowskiEngine build failed (its error is above)")
+    say(f"MinkowskiEngine ready in {time.monotonic() - start:.0f} s")
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("demo", "test", "setup"):
         print(__doc__)
         return 2
-    ensure_system_libraries()
+    ensure_system_libraries(build_files=argv[0] == "test")
     ensure_venv()
+    if argv[0] == "test":
+        ensure_minkowski()
     env = {**os.environ, "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
     command, extra = argv[0], argv[1:]
     if command == "demo":

@@ -27,6 +27,7 @@ from depthcontrast.data.voxelize import VoxelGrid
 from depthcontrast.errors import ConfigError
 
 DERIVED = "x-derived-default"  # the schema's rule for a null key
+SPCONV, MINKOWSKI = "spconv", "minkowski"  # the voxel encoders' sparse-conv stacks (voxel_backbone.stack)
 LOSS_TERMS = ("loss_types", "within_format_weights", "across_format_weights")  # null: derived
 STORED_BLOCKS = {"backbone": "#/$defs/pretrain_run/properties/backbone",
                  "voxel_backbone": "#/$defs/pretrain_run/properties/voxel_backbone"}  # fmt: skip
@@ -112,6 +113,7 @@ class VoxelBackbone:
     grid: VoxelGrid
     features: InputFeatures
     head_dims: tuple[int, ...] | None
+    stack: str = SPCONV  # the sparse-conv library: spconv, or minkowski (MinkUNet only)
 
     @property
     def definition(self) -> str:
@@ -124,7 +126,7 @@ def voxel_backbone(block: Mapping[str, Any]) -> VoxelBackbone:
         _frozen(block["voxel_size"]), _frozen(block["point_range"]), block["max_points_per_voxel"], block["max_voxels"]
     )
     features = InputFeatures(tuple(block["features"]), block.get("intensity_max"))
-    return VoxelBackbone(block["name"], grid, features, _head(block))
+    return VoxelBackbone(block["name"], grid, features, _head(block), block.get("stack", SPCONV))
 
 
 def stored_point_backbone(config: Mapping[str, Any], source: str) -> PointBackbone:

@@ -1,32 +1,27 @@
-"""MinkUNet34 weights from spconv's layout to MinkowskiEngine's, and a stand-in with MinkowskiEngine's names.
+"""MinkUNet34 weights between spconv's layout and MinkowskiEngine's (0.5.4, and the 0.4 era of the released
+checkpoints), and a stand-in with STS's Res16UNet34 names and shapes.
 
-MinkowskiEngine facts this module rests on (read in NVIDIA/MinkowskiEngine and
-chrischoy/SpatioTemporalSegmentation; no MinkowskiEngine was run):
+MinkowskiEngine facts this module rests on (read in NVIDIA/MinkowskiEngine and chrischoy/SpatioTemporalSegmentation,
+and measured against a real MinkowskiEngine 0.5.4 in tests/test_minkowski.py):
 - A convolution's parameter is `kernel`, shape [kernel_volume, in, out]; a kernel of volume 1 with stride 1 is
-  [in, out] (MinkowskiEngine/MinkowskiConvolution.py, MinkowskiConvolutionBase: `kernel_shape`); `bias` only with
-  has_bias (STS models/modules/common.py `conv`/`conv_tr`: bias=False throughout Res16UNet). A transposed conv
-  (MinkowskiConvolutionTranspose) has the same [kernel_volume, in, out] kernel.
-- out[u] = Σ_i kernel[i]ᵀ·in[u + offset_i] (the MinkowskiConvolution docstring), offsets in the coordinate
-  columns' order: x, y, z (the original's coordinates are the points' x, y, z columns).
-- HYPERCUBE regions (STS ConvType.SPATIAL_HYPERCUBE: conv0p1s1, the strided convs and the transposed convs):
-  offsets from the lower bound, the FIRST axis fastest, i = ix + K·iy + K²·iz; for an odd K the offsets run
-  −K//2 .. K//2, for an even K 0 .. K−1 (src/kernel_region.hpp `kernel_region::set_bounds` and
-  `kernel_region_iterator::operator++`; the same order in 0.4's src/region.cpp `RegionIterator::operator++`,
-  non-BATCH_FIRST branch).
-- HYBRID regions (ConvType.SPATIAL_HYPERCUBE_TEMPORAL_HYPERCROSS, Res16UNetBase.CONV_TYPE, used by every conv
-  inside the BasicBlocks): MinkowskiEngine turns them into CUSTOM offsets in Python
-  (MinkowskiEngine/MinkowskiKernelGenerator.py `convert_region_type`, RegionType.HYBRID): start from [(0, 0, 0)];
-  for each axis in order, append to the list, for every offset already in it and every non-centre position
-  along that axis, a copy with that axis moved. For 3³: (0,0,0), (−1,0,0), (1,0,0), (0,−1,0), (0,1,0),
-  (−1,−1,0), ... — the centre first, NOT the hypercube order.
-- the downsample convs (kernel 1, stride 1) have a [in, out] kernel.
+  [in, out] (MinkowskiConvolutionBase's `kernel_shape`); no bias in Res16UNet.
+- out[u] = Σ_i kernel[i]ᵀ·in[u + offset_i], offsets in the coordinate columns' order x, y, z.
+- HYPER_CUBE regions: offsets from the lower bound, the FIRST axis fastest, i = ix + K·iy + K²·iz; for an odd K they
+  run −K//2 .. K//2, for an even K 0 .. K−1 (src/kernel_region.hpp). A transposed conv pairs the same offsets: the
+  fine voxel u + offset_i receives kernel[i]ᵀ·in[u] (measured: spconv's inverse conv, converted, agrees).
+- STS's blocks ask for HYBRID regions (ConvType.SPATIAL_HYPERCUBE_TEMPORAL_HYPERCROSS). MinkowskiEngine 0.4 turned
+  them into CUSTOM offsets in Python (convert_region_type): start from [(0, 0, 0)]; for each axis in order, append,
+  for every offset already listed and every non-centre position along that axis, a copy with that axis moved; for
+  3³: (0,0,0), (−1,0,0), (1,0,0), (0,−1,0), (0,1,0), (−1,−1,0), ... So the original's released checkpoints
+  (trained on 0.4) hold their block kernels in that order: LAYOUT_04.
+- MinkowskiEngine 0.5.4 cannot run HYBRID regions (its get_kernel_volume has no HYBRID case and its kernel map
+  asserts "Not implemented yet" for CUSTOM offsets): a Res16UNet34 on 0.5.4 has HYPER_CUBE block convs, the same
+  3³ neighbourhood with its planes in cube order: LAYOUT_05, what this package's MinkowskiEngine stack runs and its
+  minkunet_seg export writes.
 
 spconv 2.x: weight [out, k0, k1, k2, in] over the index columns (z, y, x) (this package's voxel coordinates);
 out[u] = Σ W[:, a, b, c, :]·in[u + (a, b, c) − k//2] for a SubM conv, in[2u + (a, b, c)] for the 2³ stride-2
-conv, and the inverse conv scatters back along the same pairs (tests/test_export.py checks these against a
-direct evaluation of MinkowskiEngine's rule above). ASSUMED, not read in MinkowskiEngine's C++: its transposed
-conv scatters along the strided conv's (input + offset_i → output) pairs reversed, as its kernel map for a
-transposed conv is the strided conv's with input and output swapped.
+conv, and the inverse conv scatters back along the same pairs.
 """
 
 from __future__ import annotations
@@ -39,6 +34,8 @@ from torch import nn
 
 Offset = tuple[int, int, int]
 HYPERCUBE, HYBRID, POINTWISE = "hypercube", "hybrid", "pointwise"
+LAYOUT_04, LAYOUT_05 = "0.4", "0.5"  # MinkowskiEngine generations: block kernels in HYBRID / HYPER_CUBE order
+KERNEL, WEIGHT = ".kernel", ".weight"  # MinkowskiEngine's and spconv's conv parameter names
 BLOCK_CONV = re.compile(r"^block\d\.\d+\.conv[12]\.weight$")
 DOWNSAMPLE_CONV = re.compile(r"^block\d\.\d+\.downsample\.0\.weight$")
 # Res16UNet34 as STS and the original define it, written here independently of models/minkunet.py
@@ -74,12 +71,13 @@ def hybrid_offsets(k: int) -> list[Offset]:
     return [(x, y, z) for x, y, z in offsets]
 
 
-def region_of(key: str) -> str:
-    """Which MinkowskiEngine region a MinkUNet34 conv weight (our key) has."""
-    if BLOCK_CONV.match(key):
-        return HYBRID
+def region_of(key: str, layout: str = LAYOUT_05) -> str:
+    """Which MinkowskiEngine region a MinkUNet34 conv (its `.weight` or `.kernel` key) has in `layout`."""
+    key = re.sub(r"\.kernel$", ".weight", key)
     if DOWNSAMPLE_CONV.match(key):
         return POINTWISE
+    if BLOCK_CONV.match(key) and layout == LAYOUT_04:
+        return HYBRID
     return HYPERCUBE
 
 
@@ -113,21 +111,51 @@ def from_minkowski(kernel: torch.Tensor, region: str, k: int) -> torch.Tensor:
     return out
 
 
-def minkowski_state(encoder: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The MinkUNet34 encoder's backbone (head left out) under MinkowskiEngine's names and layout:
+def minkowski_state(
+    encoder: Mapping[str, torch.Tensor], layout: str = LAYOUT_05
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The spconv MinkUNet34 encoder's backbone (head left out) under MinkowskiEngine's names and `layout`:
     `<conv>.weight` [out, k, k, k, in] → `<conv>.kernel`; norms unchanged. Returns (state, key map)."""
     state, key_map = {}, {}
     for key, tensor in encoder.items():
         if key.startswith("head."):
             continue
-        if key.endswith(".weight") and tensor.ndim == 5:
-            out_key = key[: -len("weight")] + "kernel"
-            state[out_key] = to_minkowski(tensor, region_of(key))
+        if key.endswith(WEIGHT) and tensor.ndim == 5:
+            out_key = key[: -len(WEIGHT)] + KERNEL
+            state[out_key] = to_minkowski(tensor, region_of(key, layout))
         else:
             out_key = key
             state[out_key] = tensor
         key_map[key] = out_key
     return state, key_map
+
+
+def _kernel_size(kernel: torch.Tensor) -> int:
+    return 1 if kernel.ndim == 2 else round(kernel.shape[0] ** (1 / 3))
+
+
+def spconv_state(state: Mapping[str, torch.Tensor], layout: str = LAYOUT_05) -> dict[str, torch.Tensor]:
+    """The inverse of `minkowski_state`: MinkowskiEngine names and `layout` → the spconv MinkUNet34's (every other
+    key, the head's included, unchanged)."""
+    out = {}
+    for key, tensor in state.items():
+        if key.endswith(KERNEL) and not key.startswith("head."):
+            region = region_of(key, layout)
+            out[key[: -len(KERNEL)] + WEIGHT] = from_minkowski(tensor, region, _kernel_size(tensor))
+        else:
+            out[key] = tensor
+    return out
+
+
+def relayout(state: Mapping[str, torch.Tensor], source: str, target: str) -> dict[str, torch.Tensor]:
+    """MinkowskiEngine kernels from one generation's plane order to another's (only block convs differ)."""
+    out = dict(state)
+    for key, tensor in state.items():
+        if key.endswith(KERNEL) and tensor.ndim == 3 and region_of(key, source) != region_of(key, target):
+            k = _kernel_size(tensor)
+            spconv_weight = from_minkowski(tensor, region_of(key, source), k)
+            out[key] = to_minkowski(spconv_weight, region_of(key, target))
+    return out
 
 
 # ------------------------------------------------------------------ stand-in from STS / MinkowskiEngine names

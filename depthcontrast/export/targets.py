@@ -57,6 +57,7 @@ from depthcontrast.io_utils import atomic_write_bytes, atomic_write_json, sha256
 from depthcontrast.models.encoders import build_backbone
 from depthcontrast.models.pointnet2 import PointNet2SSG
 from depthcontrast.specs import (
+    MINKOWSKI,
     PointBackbone,
     SSGBackbone,
     VoxelBackbone,
@@ -244,25 +245,49 @@ def _verified_openpcdet(
     )
 
 
+def _minkunet_backbone(source: Source) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The MinkUNet34 backbone under MinkowskiEngine 0.5.4's names and layout, and the checkpoint → export key map:
+    a MinkowskiEngine run's own tensors, a spconv run's converted."""
+    if source.spec.stack == MINKOWSKI:
+        key_map = {key: key for key in source.encoder if not is_head_key(key)}
+        return {key: source.encoder[key] for key in key_map}, key_map
+    return minkowski_state(source.encoder)
+
+
+def _real_minkowski_check(bare: Mapping[str, torch.Tensor], in_channels: int, what: str) -> list[str]:
+    """Strictly load `bare` into a real MinkowskiEngine Res16UNet34 where MinkowskiEngine is installed; returns the
+    loaders that took it (an empty list without MinkowskiEngine)."""
+    from depthcontrast.models.minkunet_me import Res16UNet34, minkowski_available
+
+    if not minkowski_available():
+        return []
+    missing, unexpected = _strict_load(Res16UNet34(in_channels), bare, what)
+    if missing or unexpected:
+        raise ExportError(f"{what}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return ["MinkowskiEngine Res16UNet34 (strict)"]
+
+
 def _export_minkunet_seg(source: Source) -> Export:
     """MinkUNet34 for SpatioTemporalSegmentation: `state_dict` with bare MinkowskiEngine names (upstream) and
-    `model` keyed `module.trunk.2.` (the DepthContrast fork), kernels converted to MinkowskiEngine's layout and
-    offset order; both loaders' views loaded strictly into a stand-in built from STS's Res16UNet34 names."""
+    `model` keyed `module.trunk.2.` (the DepthContrast fork), kernels in MinkowskiEngine 0.5.4's layout; both
+    loaders' views loaded strictly into a stand-in built from STS's Res16UNet34 names, and the bare one into a real
+    MinkowskiEngine Res16UNet34 where MinkowskiEngine is installed."""
     checkpoint = source.checkpoint
     downstream = minkunet_seg_config(source.spec)
-    bare, key_map = minkowski_state(source.encoder)
+    bare, key_map = _minkunet_backbone(source)
     fork_model, _ = minkunet_seg_layout(bare)
     stand_in = Res16UNet34StandIn(downstream["in_channels"])
     missing, unexpected = _strict_load(stand_in, bare, f"{checkpoint}: SpatioTemporalSegmentation Res16UNet34")
     fork_view = minkunet_seg_loader_view(fork_model)
     fork_missing, fork_unexpected = _strict_load(stand_in, fork_view, f"{checkpoint}: STS fork Res16UNet34")
+    loaded_by = _real_minkowski_check(bare, downstream["in_channels"], f"{checkpoint}: MinkowskiEngine Res16UNet34")
     return Export(
         payload={"state_dict": bare, "model": fork_model, "epoch": source.epoch, "version": TOOL_VERSION},
         tensors=bare,
         key_map={f"{QUERY_PREFIX}voxel.{key}": out for key, out in key_map.items()},
         missing_keys=sorted(set(missing) | set(fork_missing)),
         unexpected_keys=sorted(set(unexpected) | set(fork_unexpected)),
-        downstream_config=downstream,
+        downstream_config={**downstream, "loaded_by": loaded_by or ["stand-in only (no MinkowskiEngine here)"]},
     )
 
 
