@@ -112,7 +112,8 @@ def cmd_import_original(args: argparse.Namespace) -> None:
     if args.command == "import-seed":
         log.warning("`depthcontrast import-seed` is deprecated and goes away in the next release: "
                     "use `depthcontrast import-original`")  # fmt: skip
-    print(import_original_checkpoint(Path(args.checkpoint), Path(args.out), trust_pickle=args.trust_pickle))
+    checkpoint, out = Path(args.checkpoint), Path(args.out)
+    print(import_original_checkpoint(checkpoint, out, trust_pickle=args.trust_pickle, voxel_stack=args.voxel_stack))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -249,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     original.add_argument(
         "--trust-pickle", action="store_true", help="allow arbitrary pickled objects (trusted files only)"
     )
+    original.add_argument(
+        "--voxel-stack", choices=["spconv", "minkowski"], default="spconv",
+        help="joint models: the sparse-conv library of the imported MinkUNet34 voxel encoders (default: spconv)",
+    )  # fmt: skip
     original.set_defaults(func=cmd_import_original)
 
     evaluate = sub.add_parser(

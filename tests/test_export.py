@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import logging
 import pickle
 import re
 import zipfile
@@ -253,7 +252,7 @@ def test_an_original_checkpoint_imports_and_exports_to_votenet_with_its_own_keys
     assert int(state["model"]["queue_ptr_point"][0]) == QUEUE // 2
     assert state["epoch"] == ORIGINAL_EPOCH and state["optimizer"] is None
     assert state["imported_from"]["sha256"] == sha256_file(tmp_path / "checkpoint-ep150.pth.tar")
-    assert state["imported_from"]["left_out"] == []
+    assert state["imported_from"]["left_out"] == ["optimizer"]
 
     weights, _ = export_checkpoint(out, "votenet", tmp_path / "export")
     exported = torch.load(weights, weights_only=True)["model"]
@@ -264,22 +263,12 @@ def test_an_original_checkpoint_imports_and_exports_to_votenet_with_its_own_keys
     assert {k: list(v.shape) for k, v in backbone.items()} == votenet_backbone_shapes(scale)
 
 
-def test_a_joint_original_checkpoint_imports_its_point_trunks_and_reports_the_voxel_ones(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-):
+def test_a_joint_original_checkpoint_with_a_partial_voxel_trunk_is_refused_naming_the_key(tmp_path: Path):
     write_original_checkpoint(tmp_path / "joint.pth.tar", 1, [512, 512, 128], joint=True)
-    with caplog.at_level(logging.WARNING):
-        out = import_original_checkpoint(tmp_path / "joint.pth.tar", tmp_path / "imported.pth")
-    state = load_checkpoint(out)
-    assert state["imported_from"]["left_out"] == [
-        "module.trunk.2.* (voxel query encoder (MinkUNet))",
-        "module.trunk.3.* (voxel key encoder (MinkUNet))",
-        "train_criterion.queue_other",
-        "train_criterion.queue_other_ptr",
-    ]
-    assert "MinkowskiEngine" in caplog.text and "module.trunk.2" in caplog.text
-    assert not any("conv0p1s1" in k for k in state["model"])
-    build_model(parse_run(state["config"])).load_state_dict(state["model"], strict=True)
+    with pytest.raises(OriginalImportError, match=r"module\.trunk\.2\.bn0\.bn\.bias is missing") as caught:
+        import_original_checkpoint(tmp_path / "joint.pth.tar", tmp_path / "imported.pth")
+    assert "\n" not in str(caught.value) and str(tmp_path / "joint.pth.tar") in str(caught.value)
+    assert not (tmp_path / "imported.pth").exists()  # whole joint imports: tests/test_joint_import.py
 
 
 def test_an_original_checkpoint_with_arbitrary_pickle_is_refused_unless_trusted(tmp_path: Path):
