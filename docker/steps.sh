@@ -39,11 +39,19 @@ system() {
 venv() {
     [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
     say "pip install --require-hashes -r $LOCK (wheels from $WHEELS)"
-    "$PYTHON" -m pip install -q $PIP_OFFLINE --find-links "$WHEELS" --require-hashes --no-deps -r "$LOCK"
+    # the lock's setuptools first: the few packages that come as an sdist are built with it, offline
+    build_backend=/tmp/build-backend.txt
+    awk '/^setuptools==/ {keep = 1} keep {print} keep && !/\\$/ {exit}' "$LOCK" > "$build_backend"
+    "$PYTHON" -m pip install -q $PIP_OFFLINE --find-links "$WHEELS" --require-hashes --no-deps -r "$build_backend"
+    rm -f "$build_backend"
+    "$PYTHON" -m pip install -q $PIP_OFFLINE --find-links "$WHEELS" --require-hashes --no-deps --no-build-isolation --use-pep517 \
+        -r "$LOCK"
 }
 
+# fixed folders, not mktemp: pip records where a package came from (direct_url.json), and that must not vary
 package() {
-    work=$(mktemp -d)
+    work=/tmp/depthcontrast-src
+    rm -rf "$work" && mkdir -p "$work"
     cp -R "$SRC/pyproject.toml" "$SRC/README.md" "$SRC/depthcontrast" "$work/"
     "$PYTHON" -m pip install -q $PIP_OFFLINE --no-deps --no-build-isolation "$work"
     rm -rf "$work"
@@ -51,7 +59,8 @@ package() {
 
 minkowski() {
     # the repository's own MinkowskiEngine build step; a cached wheel with the same key is installed as it is
-    cache=$(mktemp -d)
+    cache=/tmp/minkowski-cache
+    rm -rf "$cache" && mkdir -p "$cache"
     if [ -n "${MINKOWSKI_CACHE:-}" ] && [ -d "$MINKOWSKI_CACHE" ]; then cp -R "$MINKOWSKI_CACHE/." "$cache/"; fi
     "$PYTHON" -m depthcontrast.minkowski_build "--$FLAVOUR" --arch-list "$TORCH_CUDA_ARCH_LIST" --cache "$cache" --install
     rm -rf "$cache"

@@ -1,9 +1,28 @@
 # Input functions and wildcard constraints.
 import re
+import sys
 
 from depthcontrast.architectures import KNOWN_TARGETS, evaluated_tasks
+from depthcontrast.containers.images import ContainerError
+from depthcontrast.containers.workflow import RuleContainers
 from depthcontrast.slurm import JOB_RESOURCES, job_resources
 from depthcontrast.stages.settings import STAGE_SETTINGS, stage_settings
+
+
+try:  # docker/containers.yaml + docker/images.lock.json: which image each rule's `container:` names
+    CONTAINERS = RuleContainers()
+except ContainerError as error:
+    sys.exit(f"depthcontrast: error: {error}")
+
+
+def cpu_container():
+    """The CPU rules' image (used only with --software-deployment-method apptainer)."""
+    return CONTAINERS.cpu()
+
+
+def pretrain_container(wildcards):
+    """The pretrain rule's image: its run's sparse-conv stack (spconv or minkowski) in the configured flavour."""
+    return CONTAINERS.pretrain(config["pretrain"][wildcards.run])
 
 
 def enabled_datasets():

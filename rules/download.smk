@@ -16,6 +16,8 @@ rule download:
         runtime=240,
     conda:
         "../envs/data.yaml"
+    container:
+        cpu_container()
     shell:
         "depthcontrast --log {log} download --dataset {wildcards.dataset} --settings {input.settings}"
         " --out results/raw/{wildcards.dataset}"

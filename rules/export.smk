@@ -17,6 +17,8 @@ rule export:
         runtime=30,
     conda:
         "../envs/data.yaml"
+    container:
+        cpu_container()
     shell:
         "depthcontrast --log {log} export {input.checkpoint} --target {wildcards.target}"
         " --out results/export/{wildcards.run}"

@@ -18,6 +18,8 @@ rule external_finetune:
         runtime=2880,
     conda:
         "../envs/data.yaml"
+    container:
+        cpu_container()
     shell:
         "depthcontrast --log {log} external --job {wildcards.name} --settings {input.settings}"
         " --weights {input.weights} --out results/finetune/external/{wildcards.name}"

@@ -18,6 +18,8 @@ rule finetune:
         runtime=120,
     conda:
         "../envs/data.yaml"
+    container:
+        cpu_container()
     shell:
         "depthcontrast --log {log} evaluate --task {wildcards.task} --settings {input.settings}"
         " --checkpoint {input.checkpoint} --shards {input.shards}"

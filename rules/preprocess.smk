@@ -18,6 +18,8 @@ rule preprocess:
         runtime=600,
     conda:
         "../envs/data.yaml"
+    container:
+        cpu_container()
     shell:
         "depthcontrast --log {log} preprocess --dataset {wildcards.dataset} --settings {input.settings}"
         " --manifest {input.manifest} --out results/shards/{wildcards.dataset} --workers {threads}"

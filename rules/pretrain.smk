@@ -22,6 +22,8 @@ rule pretrain:
         **pretrain_job_resources(),
     conda:
         "../envs/data.yaml"
+    container:
+        pretrain_container
     shell:
         # exec: the trainer takes the shell's place, so Slurm's SIGTERM reaches it with nothing in between
         "exec depthcontrast --log {log} pretrain {wildcards.run} --settings {input.settings} --shards {input.shards}"

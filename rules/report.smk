@@ -32,5 +32,7 @@ rule summary:
         runtime=10,
     conda:
         "../envs/data.yaml"
+    container:
+        cpu_container()
     shell:
         "depthcontrast --log {log} summarize --results results --runs {params.runs} --evaluations {params.evaluations}"

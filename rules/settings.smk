@@ -14,5 +14,7 @@ rule settings:
     threads: 1
     conda:
         "../envs/data.yaml"
+    container:
+        cpu_container()
     script:
         "../workflow_scripts/settings.py"

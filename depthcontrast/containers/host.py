@@ -28,7 +28,9 @@ PACKAGE_FILES = ("pyproject.toml", "README.md", "depthcontrast")
 LOCK_LINE = re.compile(r"^([A-Za-z0-9_.-]+)==([^\s;\\]+)")
 HASH = re.compile(r"--hash=sha256:([0-9a-f]{64})")
 # glibc 2.36 (bookworm) and 2.39 (Ubuntu 24.04): wheels up to manylinux_2_35 run in both images
-PLATFORMS = [f"--platform=manylinux_2_{minor}_x86_64" for minor in (35, 34, 28, 27, 17)] + ["--platform=manylinux2014_x86_64"]
+PLATFORMS = [f"--platform=manylinux_2_{minor}_x86_64" for minor in (35, 34, 28, 27, 17)] + [
+    "--platform=manylinux2014_x86_64"
+]
 APT_SOURCES = (Path("/etc/apt/sources.list.d"), Path("/etc/apt/sources.list"))
 
 
@@ -83,7 +85,7 @@ def write_rootfs(out: Path, mirror: str | None = None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".part.tar")
     command = ["mmdebstrap", "--variant=minbase", "--mode=root", "--quiet", f"--include={','.join(base_packages())}"]
-    command += ["--aptopt=Acquire::Retries \"3\"", DEBIAN_SUITE, str(partial)]
+    command += ['--aptopt=Acquire::Retries "3"', DEBIAN_SUITE, str(partial)]
     command += [f"deb {mirror} {DEBIAN_SUITE} main", f"deb {mirror} {DEBIAN_SUITE}-updates main"]
     start = time.monotonic()
     run(command, env={**os.environ, "SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH)})
@@ -120,7 +122,9 @@ def compile_lock(image: Image) -> Path:
     partial = image.lock.with_suffix(".part")
     command += [str(image.requirements.relative_to(ROOT)), "pyproject.toml", "-o", str(partial)]
     run(command, cwd=ROOT)
-    header = f"# {image.name}: `python -m depthcontrast.containers lock` from {image.requirements.name} + pyproject.toml\n"
+    header = (
+        f"# {image.name}: `python -m depthcontrast.containers lock` from {image.requirements.name} + pyproject.toml\n"
+    )
     body = partial.read_text()
     partial.unlink()
     body = re.sub(r"^--find-links .*\n", "", body, flags=re.M)  # a folder of this machine: not part of the lock
@@ -157,17 +161,18 @@ def download_wheels(image: Image, wheelhouse: Path) -> list[Path]:
     """pip download the lock's wheels (for the image's platform and Python) into wheelhouse, reusing those there;
     returns the lock's wheel files."""
     wanted = locked_wheels(image.lock)
-    have = {path: sha256_of(path) for path in wheelhouse.glob("*.whl")} if wheelhouse.exists() else {}
+    have = {path: sha256_of(path) for path in _distributions(wheelhouse)}
     matching = [path for path, digest in have.items() if any(digest in hashes for _, hashes in wanted.values())]
     found = {_wheel_name(path) for path in matching}
     if not set(wanted) <= found:
-        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:"]
+        # --no-deps: the lock is complete; a package without wheels comes as its sdist (built in the image)
+        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps"]
         command += ["--require-hashes", *PLATFORMS, "--python-version", image.python]
         command += ["-d", str(wheelhouse), "-r", str(image.lock)]
         start = time.monotonic()
         run(command)
         say(f"downloaded {len(set(wanted) - found)} wheels in {time.monotonic() - start:.0f} s into {wheelhouse}")
-        matching = [p for p in wheelhouse.glob("*.whl") if any(sha256_of(p) in h for _, h in wanted.values())]
+        matching = [p for p in _distributions(wheelhouse) if any(sha256_of(p) in h for _, h in wanted.values())]
     names = {_wheel_name(path) for path in matching}
     missing = sorted(set(wanted) - names)
     if missing:
@@ -175,8 +180,19 @@ def download_wheels(image: Image, wheelhouse: Path) -> list[Path]:
     return sorted(path for path in matching if _wheel_name(path) in wanted)
 
 
+def _distributions(folder: Path) -> list[Path]:
+    """Wheels and sdists in folder."""
+    if not folder.exists():
+        return []
+    return sorted(p for p in folder.iterdir() if p.name.endswith((".whl", ".tar.gz", ".zip")))
+
+
 def _wheel_name(path: Path) -> str:
-    return re.sub(r"[-_.]+", "-", path.name.split("-")[0]).lower()
+    """The normalised project name of a wheel or sdist file name."""
+    stem = path.name.removesuffix(".tar.gz").removesuffix(".zip")
+    return re.sub(
+        r"[-_.]+", "-", stem.rsplit("-", 1)[0] if not path.name.endswith(".whl") else stem.split("-")[0]
+    ).lower()
 
 
 def _copy_tree(source: Path, target: Path) -> None:

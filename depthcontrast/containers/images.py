@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,14 @@ class Image:
     @property
     def ref(self) -> str:
         return f"localhost/depthcontrast/{self.stack}:{self.flavour}"
+
+
+def recipe_base(recipe: Path) -> str:
+    """The default of a recipe's `ARG BASE=` (the CUDA base, pinned by digest)."""
+    match = re.search(r"^ARG BASE=(\S+)$", recipe.read_text(), re.M)
+    if not match:
+        raise ContainerError(f"{recipe}: no `ARG BASE=<image>@sha256:<digest>` line")
+    return match.group(1)
 
 
 IMAGES: dict[str, Image] = {
