@@ -95,11 +95,17 @@ def read_image_lock(path: Path = IMAGE_LOCK) -> dict[str, Any]:
 
 
 def record(path: Path, section: str, name: str | None, entry: dict[str, Any]) -> None:
-    """Merge entry into the lock's section ("base") or section[name] ("images"), atomically."""
-    data = read_image_lock(path)
-    data["source_date_epoch"] = SOURCE_DATE_EPOCH
-    if name is None:
-        data[section] = {**data.get(section, {}), **entry}
-    else:
-        data.setdefault(section, {})[name] = {**data[section].get(name, {}), **entry}
-    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    """Merge entry into the lock's section ("base") or section[name] ("images"), atomically; builds running at
+    the same time take turns (an flock on a sidecar file)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.flock"), "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        data = read_image_lock(path)
+        data["source_date_epoch"] = SOURCE_DATE_EPOCH
+        if name is None:
+            data[section] = {**data.get(section, {}), **entry}
+        else:
+            data.setdefault(section, {})[name] = {**data[section].get(name, {}), **entry}
+        write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
