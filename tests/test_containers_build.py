@@ -151,7 +151,7 @@ def test_the_demo_pretrain_rule_runs_inside_the_cpu_image_and_matches_a_local_ru
     (shim / "podman").chmod(0o755)
     env = {**engine["env"], "DEPTHCONTRAST_CONTAINERS": str(settings), "PATH": f"{shim}:{BIN}:{os.environ['PATH']}"}
     target = "results/pretrain/demo_pointnet/last.pth"
-    command = [str(BIN / "snakemake"), "--cores", "2", "--sdm", "apptainer", target]
+    command = [str(BIN / "snakemake"), target, "--cores", "2", "--sdm", "apptainer"]  # (--sdm takes a list)
     start = time.monotonic()
     result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
@@ -172,4 +172,4 @@ def test_the_demo_pretrain_rule_runs_inside_the_cpu_image_and_matches_a_local_ru
     report(capsys, f"the same pretraining locally: {time.monotonic() - start:.0f} s")
     inside, outside = losses(repo / "results/pretrain/demo_pointnet/metrics.csv"), losses(local / "metrics.csv")
     assert len(inside) == len(outside) > 0
-    assert inside == pytest.approx(outside, rel=1e-4), (inside, outside)
+    assert inside == pytest.approx(outside, rel=1e-6), (inside, outside)  # same wheels, same threads: equal
