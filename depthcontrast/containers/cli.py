@@ -58,6 +58,19 @@ def base_id(engine: Engine, lock: Path, args: argparse.Namespace) -> str:
     return build_base(engine, lock, args.mirror, fresh=False, no_cache=False)
 
 
+def source_revision() -> str:
+    """The commit the build context came from, `+changes` when the package or docker/ differ from it."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    changed = git("status", "--porcelain", "--", *host.PACKAGE_FILES, "docker")
+    return f"{commit}+changes" if changed else commit
+
+
 def recipe_entry(name: str) -> dict[str, str]:
     """What the image lock says of an image before it is built: recipe, lock file and its hash, base."""
     spec = IMAGES[name]
@@ -92,6 +105,7 @@ def build_image(name: str, engine: Engine, args: argparse.Namespace) -> str:
     )
     times["build"] = time.monotonic() - start
     entry = {**recipe_entry(name), "image_id": image_id, "digest": engine.digest(spec.ref), "engine": engine.version()}
+    entry["source"] = source_revision()
     if spec.flavour == CPU:
         entry["base"] = f"sha256:{build_args['BASE']}"
     record(args.lock_file, "images", name, entry)
