@@ -6,6 +6,7 @@
     python -m depthcontrast.containers export IMAGE...      # OCI archives
     python -m depthcontrast.containers sif IMAGE...         # Apptainer SIF files (where apptainer exists)
     python -m depthcontrast.containers smoke IMAGE...       # the smoke test inside each image
+    python -m depthcontrast.containers wheels IMAGE --out D  # the locked wheels, for a machine without an engine
 
 Images: spconv-cuda, minkowski-cuda (CUDA 13 base pinned by digest) and their CPU flavours spconv-cpu,
 minkowski-cpu (a local mmdebstrap base). The recipes are docker/<stack>/Containerfile, their steps

@@ -136,6 +136,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=host.default_minkowski_cache(),
         help="the MinkowskiEngine build cache handed to the build (default %(default)s)",
     )
+    wheels = verbs.add_parser("wheels", help="download an image's locked wheels (for a machine without an engine)")
+    wheels.add_argument("image", metavar="IMAGE")
+    wheels.add_argument("--out", type=Path, required=True, help="folder for the wheels and requirements.txt")
+    wheels.add_argument("--only", nargs="+", metavar="PACKAGE", help="these packages of the lock only")
     export = verbs.add_parser("export", help="write OCI archives")
     sif = verbs.add_parser("sif", help="OCI archive -> Apptainer SIF (needs apptainer)")
     smoke = verbs.add_parser("smoke", help="run the smoke test inside each image")
@@ -161,6 +165,17 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.images:
                 host.compile_lock(IMAGES[name])
                 record(args.lock_file, "images", name, recipe_entry(name))
+            return 0
+        if args.verb == "wheels":
+            spec = image(args.image)
+            lock = host.lock_subset(spec.lock, args.only, args.out / "requirements.txt") if args.only else None
+            if lock is None:
+                lock = args.out / "requirements.txt"
+                lock.parent.mkdir(parents=True, exist_ok=True)
+                lock.write_text(spec.lock.read_text())
+            files = host.download_wheels(spec, args.out, lock)
+            host.say(f"{len(files)} files in {args.out}; install: pip install --no-index --find-links {args.out} "
+                     f"--require-hashes --no-deps -r {lock}")  # fmt: skip
             return 0
         engine = Engine.find(args.engine)
         if args.verb == "base":

@@ -157,10 +157,28 @@ def locked_wheels(lock: Path) -> dict[str, tuple[str, set[str]]]:
 
 
 # ---------------------------------------------------------------- wheels and the build context
-def download_wheels(image: Image, wheelhouse: Path) -> list[Path]:
+def lock_subset(lock: Path, names: list[str], out: Path) -> Path:
+    """The lock's entries (with their hashes) for the named packages only, as a requirements file `out`."""
+    wanted = {re.sub(r"[-_.]+", "-", name).lower() for name in names}
+    blocks = re.split(r"\n(?=[A-Za-z0-9])", lock.read_text())
+    kept = [
+        b
+        for b in blocks
+        if LOCK_LINE.match(b) and re.sub(r"[-_.]+", "-", LOCK_LINE.match(b).group(1)).lower() in wanted
+    ]
+    missing = wanted - {re.sub(r"[-_.]+", "-", LOCK_LINE.match(b).group(1)).lower() for b in kept}
+    if missing:
+        raise ContainerError(f"{lock}: no pin for {', '.join(sorted(missing))}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(block.rstrip() for block in kept) + "\n")
+    return out
+
+
+def download_wheels(image: Image, wheelhouse: Path, lock: Path | None = None) -> list[Path]:
     """pip download the lock's wheels (for the image's platform and Python) into wheelhouse, reusing those there;
-    returns the lock's wheel files."""
-    wanted = locked_wheels(image.lock)
+    returns the lock's wheel files. `lock`: a subset of the image's lock (lock_subset) instead of all of it."""
+    lock = lock or image.lock
+    wanted = locked_wheels(lock)
     have = {path: sha256_of(path) for path in _distributions(wheelhouse)}
     matching = [path for path, digest in have.items() if any(digest in hashes for _, hashes in wanted.values())]
     found = {_wheel_name(path) for path in matching}
@@ -168,7 +186,7 @@ def download_wheels(image: Image, wheelhouse: Path) -> list[Path]:
         # --no-deps: the lock is complete; a package without wheels comes as its sdist (built in the image)
         command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps"]
         command += ["--require-hashes", *PLATFORMS, "--python-version", image.python]
-        command += ["-d", str(wheelhouse), "-r", str(image.lock)]
+        command += ["-d", str(wheelhouse), "-r", str(lock)]
         start = time.monotonic()
         run(command)
         say(f"downloaded {len(set(wanted) - found)} wheels in {time.monotonic() - start:.0f} s into {wheelhouse}")
