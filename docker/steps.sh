@@ -72,9 +72,9 @@ smoke() {
     "$PYTHON" -m depthcontrast.containers.smoke --stack "${STACK:-spconv}" --device "$device"
 }
 
-# drop what the steps leave behind and what differs between two builds
+# drop what the steps leave behind (only their own folders: safe outside a container too)
 clean() {
-    rm -rf /root/.cache /tmp/* "$VENV"/share/man 2>/dev/null || true
+    rm -rf /root/.cache/pip /tmp/depthcontrast-src /tmp/minkowski-cache /tmp/build-backend.txt "$VENV"/share/man
 }
 
 [ $# -gt 0 ] || { echo "usage: sh docker/steps.sh STEP... (system venv package minkowski smoke clean)" >&2; exit 2; }
