@@ -82,11 +82,23 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
     print(json.dumps(summary, sort_keys=True))
 
 
+def _single_threaded_openmp(args: argparse.Namespace) -> None:
+    """Restart this command with OMP_NUM_THREADS=1 unless it has it: spconv's CPU kernels lose sums now and then
+    unless the process starts with one OpenMP thread (setting the thread counts later does not help)."""
+    if os.environ.get("OMP_NUM_THREADS") == "1" or not args.from_command_line:
+        return
+    log.info("voxel run: restarting with OMP_NUM_THREADS=1 (spconv's CPU kernels are exact only so)")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    os.execve(sys.executable, [sys.executable, "-m", "depthcontrast", *args.argv], env)
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from depthcontrast.slurm import TaskLayout
     from depthcontrast.stages.pretrain import OriginalLaunch, run_pretrain
 
     run = _block(args, "pretrain", args.run)
+    if "voxel" in run["representations"] and args.device != "cuda":
+        _single_threaded_openmp(args)
     shards = [_shard_folder(path) for path in args.shards]
     shards = shards or [Path(args.results) / "shards" / dataset for dataset in run["datasets"]]
     flags = {"nodes": args.nodes, "tasks_per_node": args.tasks_per_node, "gpus_per_task": args.gpus_per_task,
@@ -311,6 +323,7 @@ def _append_output_to(log_file: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # to start the same command as srun tasks
+    args.from_command_line = argv is None  # a process of its own, which may restart itself
     if args.log:
         _append_output_to(args.log)
     setup_logging(None, debug=args.debug)

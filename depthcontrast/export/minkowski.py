@@ -21,7 +21,11 @@ and measured against a real MinkowskiEngine 0.5.4 in tests/test_minkowski.py):
 
 spconv 2.x: weight [out, k0, k1, k2, in] over the index columns (z, y, x) (this package's voxel coordinates);
 out[u] = Σ W[:, a, b, c, :]·in[u + (a, b, c) − k//2] for a SubM conv, in[2u + (a, b, c)] for the 2³ stride-2
-conv, and the inverse conv scatters back along the same pairs.
+conv, and the inverse conv scatters back along the same pairs. A 1³ stride-1 conv is the exception: spconv 2.3.8
+computes it as features @ weight.view(in, out), its [out, 1, 1, 1, in] memory read as [in, out] (spconv/pytorch/
+conv.py, the conv1x1 path without FILTER_HWIO; measured against a direct product), so the MinkowskiEngine kernel of
+a downsample conv is that view, not the transposed [out, in] matrix (as this module assumed before it was checked
+against a real MinkowskiEngine).
 """
 
 from __future__ import annotations
@@ -32,17 +36,14 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from depthcontrast.models.res16unet34 import CONV1_KERNEL_SIZE, INIT_DIM, LAYERS, PLANES
+
 Offset = tuple[int, int, int]
 HYPERCUBE, HYBRID, POINTWISE = "hypercube", "hybrid", "pointwise"
 LAYOUT_04, LAYOUT_05 = "0.4", "0.5"  # MinkowskiEngine generations: block kernels in HYBRID / HYPER_CUBE order
 KERNEL, WEIGHT = ".kernel", ".weight"  # MinkowskiEngine's and spconv's conv parameter names
 BLOCK_CONV = re.compile(r"^block\d\.\d+\.conv[12]\.weight$")
 DOWNSAMPLE_CONV = re.compile(r"^block\d\.\d+\.downsample\.0\.weight$")
-# Res16UNet34 as STS and the original define it, written here independently of models/minkunet.py
-PLANES = (32, 64, 128, 256, 256, 256, 256, 256)
-LAYERS = (2, 3, 4, 6, 2, 2, 2, 2)
-INIT_DIM = 32
-CONV1_KERNEL_SIZE = 3
 
 
 def _axis_offsets(k: int) -> list[int]:
@@ -95,8 +96,8 @@ def offsets_for(region: str, k: int) -> list[Offset]:
 def to_minkowski(weight: torch.Tensor, region: str) -> torch.Tensor:
     """spconv [out, k, k, k, in] → MinkowskiEngine [k³, in, out] in `region`'s offset order ([in, out] for 1³)."""
     k = weight.shape[1]
-    if region == POINTWISE:
-        return weight[:, 0, 0, 0, :].t().contiguous()
+    if region == POINTWISE:  # what spconv computes: features @ weight.view(in, out) (see the module docstring)
+        return weight.reshape(weight.shape[-1], weight.shape[0]).clone()
     planes = [weight[(slice(None), *_spconv_index(offset, k))].t() for offset in offsets_for(region, k)]
     return torch.stack(planes).contiguous()
 
@@ -104,7 +105,7 @@ def to_minkowski(weight: torch.Tensor, region: str) -> torch.Tensor:
 def from_minkowski(kernel: torch.Tensor, region: str, k: int) -> torch.Tensor:
     """The inverse of `to_minkowski`: MinkowskiEngine's kernel back to spconv's [out, k, k, k, in]."""
     if region == POINTWISE:
-        return kernel.t().reshape(kernel.shape[1], 1, 1, 1, kernel.shape[0]).contiguous()
+        return kernel.reshape(kernel.shape[1], 1, 1, 1, kernel.shape[0]).clone()
     out = kernel.new_zeros(kernel.shape[2], k, k, k, kernel.shape[1])
     for plane, offset in zip(kernel, offsets_for(region, k), strict=True):
         out[(slice(None), *_spconv_index(offset, k))] = plane.t()

@@ -37,19 +37,20 @@ from torch import nn
 
 from depthcontrast.errors import ConfigError
 from depthcontrast.models.heads import MLPHead
+from depthcontrast.models.res16unet34 import (
+    BLOCK_BN_MOMENTUM,
+    BN_EPS,
+    BN_MOMENTUM,
+    CONV1_KERNEL_SIZE,
+    DOWNSAMPLINGS,
+    EMBEDDING_CHANNELS,
+    INIT_DIM,
+    LAYERS,
+    ORIGINAL_HEAD_DIMS,
+    PLANES,
+    XYZ_COLUMNS,
+)
 from depthcontrast.models.spconv_unet import batch_max_pool, spconv  # imports spconv, patches its CPU stream
-
-PLANES = (32, 64, 128, 256, 256, 256, 256, 256)
-LAYERS = (2, 3, 4, 6, 2, 2, 2, 2)
-INIT_DIM = 32
-CONV1_KERNEL_SIZE = 3
-BN_MOMENTUM = 0.02  # Res16UNetBase's non-block norms and _make_layer's downsample norms
-BLOCK_BN_MOMENTUM = 0.1  # BasicBlockBase's default
-BN_EPS = 1e-5  # MinkowskiBatchNorm's default
-EMBEDDING_CHANNELS = PLANES[7]
-ORIGINAL_HEAD_DIMS = (256, 256, 128)
-DOWNSAMPLINGS = 4
-XYZ_COLUMNS = 3  # the voxel features start with the mean x, y, z (data/voxelize.py), which MinkUNet does not read
 
 
 class MinkowskiNorm(nn.Module):

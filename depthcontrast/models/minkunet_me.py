@@ -19,7 +19,7 @@ from torch import nn
 
 from depthcontrast.errors import ConfigError
 from depthcontrast.models.heads import MLPHead
-from depthcontrast.models.minkunet import (
+from depthcontrast.models.res16unet34 import (
     BLOCK_BN_MOMENTUM,
     BN_EPS,
     BN_MOMENTUM,

@@ -20,11 +20,20 @@ outputs (64 + 32 + 16 + 16 = 128 channels) concatenated, then the projection hea
 CPU training: spconv 2.3.8's CPU build fails in backward because `spconv.pytorch.ops` asks
 `torch.cuda.current_stream()` for a stream before looking at the tensors' device. Without CUDA the
 stream is never used, so `_patch_cpu_stream` makes that lookup return 0 (the null stream) then.
+Its CPU kernels also lose a sum now and then when they run on several OpenMP threads (a few output rows
+wrong, run to run; measured against a real MinkowskiEngine and a direct evaluation). They use the OpenMP
+runtime bundled in the spconv wheel (`spconv.libs/libgomp-*.so`), which torch.set_num_threads does not reach
+(nor does omp_set_num_threads from the main thread), so `_import_spconv` loads it with OMP_NUM_THREADS=1. This
+holds when this module imports spconv first in the process (tests/conftest.py sees to it for the tests).
 """
 
 from __future__ import annotations
 
+import ctypes
+import importlib.util
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,11 +52,36 @@ class MissingStackError(DepthContrastError):
     """An optional heavy stack (spconv, MinkowskiEngine) that a run needs is not installed."""
 
 
-try:
-    import spconv.pytorch as spconv
-    import spconv.pytorch.ops as spconv_ops
-except ImportError as exc:  # pragma: no cover - exercised only where spconv is absent
-    raise MissingStackError(f"cannot import spconv ({exc}): {SPCONV_HINT}") from None
+def _load_openmp_single_threaded() -> None:
+    """Load the OpenMP runtime bundled in the spconv wheel with OMP_NUM_THREADS=1: it reads the variable once, when
+    it loads, for every thread that calls into it (spconv loads its kernels, and so the runtime, lazily)."""
+    spec = importlib.util.find_spec("spconv")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    libs = Path(next(iter(spec.submodule_search_locations))).parent / "spconv.libs"
+    for runtime in sorted(libs.glob("libgomp*.so*")):
+        ctypes.CDLL(str(runtime))
+
+
+def _import_spconv() -> tuple[Any, Any]:
+    """spconv.pytorch and its ops, its CPU kernels on one OpenMP thread (see the docstring)."""
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        _load_openmp_single_threaded()
+        import spconv.pytorch as spconv_pytorch
+        import spconv.pytorch.ops as ops
+    except ImportError as exc:  # pragma: no cover - exercised only where spconv is absent
+        raise MissingStackError(f"cannot import spconv ({exc}): {SPCONV_HINT}") from None
+    finally:
+        if saved is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
+    return spconv_pytorch, ops
+
+
+spconv, spconv_ops = _import_spconv()
 
 
 def _patch_cpu_stream() -> None:
