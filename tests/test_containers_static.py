@@ -74,7 +74,7 @@ def test_gpu_locks_hold_torch_2_11_built_for_cuda_13_0(name):
 
 @pytest.mark.parametrize("name", ["spconv-cuda", "minkowski-cuda"])
 def test_gpu_locks_pair_spconv_cu126_2_3_8_with_cumm_cu126_0_7(name):
-    # (the MinkowskiEngine image has spconv too: models/minkunet_me.py shares models/minkunet.py, which imports it)
+    # (the MinkowskiEngine image has spconv too: MinkUNet runs on either stack there, checkpoints convert)
     locked = locked_wheels(IMAGES[name].lock)
     assert locked["spconv-cu126"][0] == CUDA_PINS["spconv-cu126"]
     assert locked["cumm-cu126"][0] == CUDA_PINS["cumm-cu126"] and locked["cumm-cu126"][0].startswith("0.7.")
