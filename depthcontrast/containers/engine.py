@@ -60,8 +60,9 @@ class Engine:
         build_args = [f"--build-arg={key}={value}" for key, value in sorted(args.items())]
         if self.name == "docker":  # BuildKit: SOURCE_DATE_EPOCH dates the image, rewrite-timestamp the layers
             command = ["docker", "buildx", "build", "--output", "type=docker,rewrite-timestamp=true"]
-        else:  # podman and buildah: --timestamp dates the image and every file in its layers
-            command = [self.name, "build", f"--timestamp={SOURCE_DATE_EPOCH}", "--layers"]
+        else:  # podman and buildah: --timestamp dates the image and every file in its layers; no history, whose
+            # comments name the engine's intermediate images (those differed between two builds of the same layers)
+            command = [self.name, "build", f"--timestamp={SOURCE_DATE_EPOCH}", "--omit-history", "--layers"]
             command.append("--pull=missing" if pull else "--pull=never")
         command += [*build_args, "--no-cache"] if no_cache else build_args
         command += ["-f", str(recipe), "-t", tag, "--iidfile", str(iidfile), str(context)]
