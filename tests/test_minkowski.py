@@ -298,4 +298,7 @@ def test_gpu_input_gradients_match_between_the_stacks():
         features = batch["features"].clone().requires_grad_(True)
         (encoder({**batch, "features": features}) * weights).sum().backward()
         grads.append(features.grad)
-    torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-4)
+    # MinkowskiEngine's GPU backward sums with atomics: two identical calls differ by ~8e-4 of the largest gradient
+    # (measured on an H200; spconv's repeat within 3e-7), so the bound is relative to that scale
+    scale = grads[0].abs().max()
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=float(2e-3 * scale))

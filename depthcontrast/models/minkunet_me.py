@@ -11,6 +11,7 @@ it and its kernel map refuses CUSTOM offsets), so 0.4-era checkpoints' block ker
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -161,6 +162,16 @@ class MinkUNet34MEEncoder(Res16UNet34):
                 f"the MinkUNet head's first width must be {EMBEDDING_CHANNELS} (block8), got {list(head_dims)}"
             )
         self.head = MLPHead(head_dims)
+        self.head_dims = tuple(head_dims)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> MinkUNet34MEEncoder:
+        """A new encoder with copies of this one's tensors (the momentum key encoder is a deep copy). copy.deepcopy
+        of the modules themselves would drop MinkowskiEngine's __slots__ attributes (`dimension`, ...)."""
+        clone = type(self)(self.in_channels, self.head_dims)
+        clone.load_state_dict({key: copy.deepcopy(tensor, memo) for key, tensor in self.state_dict().items()})
+        for mine, theirs in zip(clone.parameters(), self.parameters(), strict=True):
+            mine.requires_grad_(theirs.requires_grad)
+        return clone.to(next(self.parameters()).device).train(self.training)
 
     def forward(self, voxels: Mapping[str, Any]) -> torch.Tensor:  # type: ignore[override]
         features = voxels["features"][:, XYZ_COLUMNS:]
