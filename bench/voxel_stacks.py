@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from pretrain_throughput import synthetic_room_frame  # bench/ is on sys.path when run as a script
 
 FRAME_POINTS = 50_000  # the original's ScanNet depth frames
 WARMUP_STEPS = 5
@@ -34,19 +35,10 @@ VOXEL = {"name": "minkunet", "voxel_size": [0.05, 0.05, 0.05]}  # the original's
 
 
 def room_frame(rng: np.random.Generator, points: int) -> np.ndarray:
-    """Floor, two walls and boxes (xyz in metres, mm noise) with RGB per surface: [points, 6]."""
-    parts = [
-        np.c_[rng.uniform(-2, 2, (points // 3, 2)), np.zeros(points // 3)],
-        np.c_[rng.uniform(-2, 2, points // 4), np.full(points // 4, 2.0), rng.uniform(0, 2.5, points // 4)],
-        np.c_[np.full(points // 4, -2.0), rng.uniform(-2, 2, points // 4), rng.uniform(0, 2.5, points // 4)],
-    ]
-    rest = points - sum(len(p) for p in parts)
-    centres = rng.uniform(-1.5, 1.5, (4, 3)) * [1, 1, 0] + [0, 0, 0.4]
-    owner = rng.integers(0, 4, rest)
-    xyz = np.concatenate([*parts, centres[owner] + rng.uniform(-0.4, 0.4, (rest, 3))])
-    xyz += rng.normal(0, 0.002, xyz.shape)
-    surface = np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)] + [3 + owner])
-    palette = rng.integers(0, 256, (8, 3))
+    """pretrain_throughput's room (floor, two walls, boxes) with RGB by surface height and side: [points, 6]."""
+    xyz = synthetic_room_frame(rng, points)
+    surface = np.floor(xyz[:, 2] * 2).clip(0, 5).astype(int) * 2 + (xyz[:, 0] > 0)
+    palette = rng.integers(0, 256, (12, 3))
     rgb = np.clip(palette[surface] + rng.normal(0, 12, (points, 3)), 0, 255)
     return np.c_[xyz, rgb]
 

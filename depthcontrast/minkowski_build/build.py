@@ -19,6 +19,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from depthcontrast.io_utils import sha256_file
 from depthcontrast.minkowski_build.patches import CPU, CUDA, PatchError, apply_patches, patch_set_hash
 
 VERSION = "0.5.4"
@@ -62,14 +63,6 @@ class BuildKey:
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:20]
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- step: tools
@@ -156,7 +149,7 @@ def obtain_sdist(cache: Path, given: Path | None) -> Path:
             source = download_sdist(cached.parent)
         except OSError as error:
             raise BuildError("sdist", f"download failed ({error}); pass a local copy with --sdist FILE") from None
-    actual = sha256_of(source)
+    actual = sha256_file(source)
     if actual != SDIST_SHA256:
         raise BuildError("sdist", f"{source}: sha256 {actual}, expected {SDIST_SHA256} (a different file)")
     if source != cached:
@@ -263,7 +256,7 @@ def build(
         staged = work / "cached"
         staged.mkdir()
         shutil.move(str(wheel), staged / wheel.name)
-        info = {**asdict(key), "wheel": wheel.name, "wheel_sha256": sha256_of(staged / wheel.name)}
+        info = {**asdict(key), "wheel": wheel.name, "wheel_sha256": sha256_file(staged / wheel.name)}
         info["build_seconds"] = round(seconds, 1)
         (staged / "build.json").write_text(json.dumps(info, indent=2) + "\n")
         if folder.exists():
