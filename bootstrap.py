@@ -31,8 +31,10 @@ DEFAULT_TORCH = "torch==2.13.0"
 EXTRAS = ("dev", "voxel")  # pyproject extras installed: tests + tools, the spconv voxel stack (CPU build)
 # shared libraries that wheels need but do not bundle: (library name, Debian package)
 SYSTEM_LIBRARIES = [("usb-1.0", "libusb-1.0-0")]  # open3d
-# files the MinkowskiEngine build needs: (path, Debian package)
-BUILD_FILES = [("/usr/include/x86_64-linux-gnu/cblas.h", "libopenblas-dev")]
+# what `test` needs beyond the demo: (file or command, Debian package) for the MinkowskiEngine build and the
+# container builds (tests/test_containers_build.py builds the CPU images with podman from an mmdebstrap base)
+TEST_FILES = [("/usr/include/x86_64-linux-gnu/cblas.h", "libopenblas-dev")]
+TEST_COMMANDS = [(tool, tool) for tool in ("podman", "buildah", "mmdebstrap", "skopeo", "umoci", "runc")]
 
 
 def say(message: str) -> None:
@@ -56,10 +58,11 @@ def install_stamp() -> str:
     return digest.hexdigest()
 
 
-def ensure_system_libraries(build_files: bool = False) -> None:
+def ensure_system_libraries(for_tests: bool = False) -> None:
     missing = [pkg for lib, pkg in SYSTEM_LIBRARIES if ctypes.util.find_library(lib) is None]
-    if build_files:
-        missing += [pkg for path, pkg in BUILD_FILES if not Path(path).exists()]
+    if for_tests:
+        missing += [pkg for path, pkg in TEST_FILES if not Path(path).exists()]
+        missing += [pkg for command, pkg in TEST_COMMANDS if shutil.which(command) is None]
     if not missing:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
@@ -98,7 +101,7 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("demo", "test", "setup"):
         print(__doc__)
         return 2
-    ensure_system_libraries(build_files=argv[0] == "test")
+    ensure_system_libraries(for_tests=argv[0] == "test")
     ensure_venv()
     if argv[0] == "test":
         ensure_minkowski()

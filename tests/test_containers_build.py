@@ -24,8 +24,8 @@ import pytest
 import yaml
 
 from depthcontrast.containers.engine import write_sandbox_conf
-from depthcontrast.containers.host import sha256_of
 from depthcontrast.containers.images import IMAGES, ROOT
+from depthcontrast.io_utils import sha256_file
 from tests.conftest import BIN, copy_repo
 
 pytestmark = [pytest.mark.slow, pytest.mark.container]
@@ -112,7 +112,7 @@ def test_the_image_lock_records_each_build_with_its_requirements_lock(builds, en
         assert entry["image_id"] == builds[name][1][0]
         assert entry["digest"].startswith("sha256:") and entry["engine"].startswith("podman version")
         assert entry["base"] == lock["base"]["image_id"]
-        assert entry["lock_sha256"] == sha256_of(IMAGES[name].lock)
+        assert entry["lock_sha256"] == sha256_file(IMAGES[name].lock)
 
 
 def test_the_smoke_test_trains_one_step_inside_each_cpu_image(builds, engine, capsys):

@@ -25,6 +25,7 @@ from depthcontrast.containers.images import (
     recipe_base,
     record,
 )
+from depthcontrast.io_utils import sha256_file
 
 
 def build_base(engine: Engine, lock: Path, mirror: str | None, fresh: bool, no_cache: bool) -> str:
@@ -41,7 +42,7 @@ def build_base(engine: Engine, lock: Path, mirror: str | None, fresh: bool, no_c
     image_id = engine.build(context, recipe, BASE_REF, {}, no_cache=no_cache, pull=False)
     host.say(f"base {BASE_REF} {image_id} in {time.monotonic() - start:.0f} s")
     packages = host.rootfs_packages(rootfs)
-    entry = {"ref": BASE_REF, "image_id": image_id, "suite": DEBIAN_SUITE, "rootfs_sha256": host.sha256_of(rootfs)}
+    entry = {"ref": BASE_REF, "image_id": image_id, "suite": DEBIAN_SUITE, "rootfs_sha256": sha256_file(rootfs)}
     record(lock, "base", None, {**entry, "packages": packages})
     return image_id
 
@@ -75,7 +76,7 @@ def recipe_entry(name: str) -> dict[str, str]:
     """What the image lock says of an image before it is built: recipe, lock file and its hash, base."""
     spec = IMAGES[name]
     entry = {"ref": spec.ref, "recipe": str(spec.recipe.relative_to(ROOT)), "lock": str(spec.lock.relative_to(ROOT))}
-    entry["lock_sha256"] = host.sha256_of(spec.lock)
+    entry["lock_sha256"] = sha256_file(spec.lock)
     if spec.flavour != CPU:
         entry["base"] = recipe_base(spec.recipe)
     return entry

@@ -3,7 +3,6 @@ the staged build context. Nothing here asks a registry by name: pip, uv and apt 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -23,6 +22,7 @@ from depthcontrast.containers.images import (
     ContainerError,
     Image,
 )
+from depthcontrast.io_utils import sha256_file
 
 PACKAGE_FILES = ("pyproject.toml", "README.md", "depthcontrast")
 LOCK_LINE = re.compile(r"^([A-Za-z0-9_.-]+)==([^\s;\\]+)")
@@ -50,14 +50,6 @@ def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
         tail = f": {output.strip().splitlines()[-1]}" if output.strip() else ""
         raise ContainerError(f"`{' '.join(command[:3])} ...` exited {result.returncode}{tail}")
     return result
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- the base rootfs
@@ -179,7 +171,7 @@ def download_wheels(image: Image, wheelhouse: Path, lock: Path | None = None) ->
     returns the lock's wheel files. `lock`: a subset of the image's lock (lock_subset) instead of all of it."""
     lock = lock or image.lock
     wanted = locked_wheels(lock)
-    have = {path: sha256_of(path) for path in _distributions(wheelhouse)}
+    have = {path: sha256_file(path) for path in _distributions(wheelhouse)}
     matching = [path for path, digest in have.items() if any(digest in hashes for _, hashes in wanted.values())]
     found = {_wheel_name(path) for path in matching}
     if not set(wanted) <= found:
@@ -190,7 +182,7 @@ def download_wheels(image: Image, wheelhouse: Path, lock: Path | None = None) ->
         start = time.monotonic()
         run(command)
         say(f"downloaded {len(set(wanted) - found)} wheels in {time.monotonic() - start:.0f} s into {wheelhouse}")
-        matching = [p for p in _distributions(wheelhouse) if any(sha256_of(p) in h for _, h in wanted.values())]
+        matching = [p for p in _distributions(wheelhouse) if any(sha256_file(p) in h for _, h in wanted.values())]
     names = {_wheel_name(path) for path in matching}
     missing = sorted(set(wanted) - names)
     if missing:
