@@ -22,6 +22,8 @@ def pytest_configure(config: pytest.Config) -> None:
     depthcontrast/models/spconv_unet.py) before any test module imports it directly."""
     with contextlib.suppress(Exception):  # spconv missing: the voxel tests skip or check the error
         import depthcontrast.models.spconv_unet  # noqa: F401
+
+
 BIN = Path(sys.executable).parent
 
 
