@@ -101,10 +101,13 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("demo", "test", "setup"):
         print(__doc__)
         return 2
+    start = time.monotonic()
     ensure_system_libraries(for_tests=argv[0] == "test")
     ensure_venv()
+    set_up = time.monotonic()
     if argv[0] == "test":
         ensure_minkowski()
+    ready = time.monotonic()
     env = {**os.environ, "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
     command, extra = argv[0], argv[1:]
     if command == "demo":
@@ -115,7 +118,11 @@ def main(argv: list[str]) -> int:
             print(summary.read_text())
         return code
     if command == "test":
-        return subprocess.run([str(venv_python()), "-m", "pytest", *extra], cwd=ROOT, env=env).returncode
+        # the slowest tests with their times: the container builds, the Slurm and workflow runs
+        code = subprocess.run([str(venv_python()), "-m", "pytest", "--durations=15", *extra], cwd=ROOT, env=env)
+        split = f"set-up {set_up - start:.0f} s, MinkowskiEngine {ready - set_up:.0f} s"
+        say(f"time: {split}, tests {time.monotonic() - ready:.0f} s, total {time.monotonic() - start:.0f} s")
+        return code.returncode
     return 0
 
 
