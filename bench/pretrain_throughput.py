@@ -20,6 +20,7 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -75,16 +76,28 @@ def run_settings(scale: int, precision: str, batch: int, points: int, workers: i
     }  # fmt: skip
 
 
+def endless_batches(trainer: Trainer) -> Iterator[dict]:
+    """The trainer's loader, epoch after epoch."""
+    while True:
+        yield from trainer._loader()
+        trainer.epoch += 1
+
+
+def train_step(trainer: Trainer, batch: dict) -> None:
+    """One DepthContrast step on a loaded batch, unsynchronised."""
+    device = trainer.device
+    with trainer.autocast:
+        loss, _ = trainer.module({"point": (batch["view_a"].to(device, non_blocking=True),
+                                            batch["view_b"].to(device, non_blocking=True))})  # fmt: skip
+    trainer.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    trainer.optimizer.step()
+
+
 def measure(trainer: Trainer, steps: int, warmup: int) -> dict[str, float]:
     """Split-timed steps, then unsynchronised steps for end-to-end throughput."""
     device, model, optimizer = trainer.device, trainer.module, trainer.optimizer
-
-    def endless_batches():
-        while True:
-            yield from trainer._loader()
-            trainer.epoch += 1
-
-    batches = endless_batches()
+    batches = endless_batches(trainer)
     split = {"data": [], "forward": [], "backward": [], "optimizer": []}
 
     def timed_step(record: bool) -> None:
@@ -115,13 +128,7 @@ def measure(trainer: Trainer, steps: int, warmup: int) -> dict[str, float]:
     torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(steps):
-        batch = next(batches)
-        with trainer.autocast:
-            loss, _ = model({"point": (batch["view_a"].to(device, non_blocking=True),
-                                       batch["view_b"].to(device, non_blocking=True))})  # fmt: skip
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(trainer, next(batches))
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     data_start = time.perf_counter()

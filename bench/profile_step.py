@@ -21,7 +21,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from pretrain_throughput import run_settings, write_shards  # bench/ is on sys.path when run as a script
+from pretrain_throughput import (  # bench/ is on sys.path when run as a script
+    endless_batches,
+    run_settings,
+    train_step,
+    write_shards,
+)
 from torch.profiler import ProfilerActivity, profile
 
 from depthcontrast.launch import WorldInfo
@@ -51,30 +56,13 @@ def category(name: str) -> str:
 
 
 def profiled_steps(trainer: Trainer, steps: int, warmup: int) -> profile:
-    device, model, optimizer = trainer.device, trainer.module, trainer.optimizer
-
-    def batches():
-        while True:
-            yield from trainer._loader()
-            trainer.epoch += 1
-
-    stream = batches()
-
-    def step() -> None:
-        batch = next(stream)
-        with trainer.autocast:
-            loss, _ = model({"point": (batch["view_a"].to(device, non_blocking=True),
-                                       batch["view_b"].to(device, non_blocking=True))})  # fmt: skip
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
+    batches = endless_batches(trainer)
     for _ in range(warmup):
-        step()
+        train_step(trainer, next(batches))
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
-            step()
+            train_step(trainer, next(batches))
         torch.cuda.synchronize()
     return prof
 
