@@ -151,7 +151,8 @@ def test_the_conversion_round_trips_exactly_both_ways_and_between_generations():
     old = relayout(me, LAYOUT_05, LAYOUT_04)
     assert not torch.equal(old["block1.0.conv1.kernel"], me["block1.0.conv1.kernel"])  # block planes reordered
     assert torch.equal(old["conv0p1s1.kernel"], me["conv0p1s1.kernel"])  # non-block convs: the same order
-    assert all(torch.equal(relayout(old, LAYOUT_04, LAYOUT_05)[key], me[key]) for key in me)
+    restored = relayout(old, LAYOUT_04, LAYOUT_05)
+    assert all(torch.equal(restored[key], me[key]) for key in me)
 
 
 def test_a_missing_minkowskiengine_is_one_line_naming_the_install_step(monkeypatch: pytest.MonkeyPatch):
