@@ -29,6 +29,8 @@ import torch
 import yaml
 from pretrain_throughput import synthetic_room_frame  # bench/ is on sys.path when run as a script
 
+from depthcontrast.architectures import VOXEL_STACKS
+
 FRAME_POINTS = 50_000  # the original's ScanNet depth frames
 WARMUP_STEPS = 5
 VOXEL = {"name": "minkunet", "voxel_size": [0.05, 0.05, 0.05]}  # the original's 5 cm voxels, RGB input
@@ -108,7 +110,7 @@ def summary(metrics: Path) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stacks", nargs="+", default=["spconv", "minkowski"], choices=["spconv", "minkowski"])
+    parser.add_argument("--stacks", nargs="+", default=list(VOXEL_STACKS), choices=VOXEL_STACKS)
     parser.add_argument("--frames", type=int, default=512)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch", type=int, default=32)

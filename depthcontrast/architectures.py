@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 REPRESENTATIONS = ("point", "voxel")  # what of a sample an encoder reads; a run trains one or both, point first
+SPCONV, MINKOWSKI = "spconv", "minkowski"
+VOXEL_STACKS = (SPCONV, MINKOWSKI)  # the sparse-conv libraries of MinkUNet (voxel_backbone.stack), default first
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ SCHEMA_ENUMS: dict[str, tuple[str, ...]] = {
     "representations": REPRESENTATIONS,
     "point_architectures": architectures_of("point"),
     "voxel_architectures": architectures_of("voxel"),
+    "voxel_stacks": VOXEL_STACKS,
     "export_targets": KNOWN_TARGETS,
 }
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from depthcontrast import __version__
-from depthcontrast.architectures import KNOWN_TARGETS
+from depthcontrast.architectures import KNOWN_TARGETS, VOXEL_STACKS
 from depthcontrast.errors import DepthContrastError
 from depthcontrast.log import setup_logging
 
@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--trust-pickle", action="store_true", help="allow arbitrary pickled objects (trusted files only)"
     )
     original.add_argument(
-        "--voxel-stack", choices=["spconv", "minkowski"], default="spconv",
+        "--voxel-stack", choices=VOXEL_STACKS, default=VOXEL_STACKS[0],
         help="joint models: the sparse-conv library of the imported MinkUNet34 voxel encoders (default: spconv)",
     )  # fmt: skip
     original.set_defaults(func=cmd_import_original)

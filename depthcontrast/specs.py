@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from depthcontrast.architectures import REPRESENTATIONS
+from depthcontrast.architectures import REPRESENTATIONS, SPCONV
 from depthcontrast.config import schema_part, validate_part
 from depthcontrast.data.augment import RESAMPLERS, TransformSpec, preset_transforms
 from depthcontrast.data.point_features import InputFeatures
@@ -27,7 +27,6 @@ from depthcontrast.data.voxelize import VoxelGrid
 from depthcontrast.errors import ConfigError
 
 DERIVED = "x-derived-default"  # the schema's rule for a null key
-SPCONV, MINKOWSKI = "spconv", "minkowski"  # the voxel encoders' sparse-conv stacks (voxel_backbone.stack)
 LOSS_TERMS = ("loss_types", "within_format_weights", "across_format_weights")  # null: derived
 STORED_BLOCKS = {"backbone": "#/$defs/pretrain_run/properties/backbone",
                  "voxel_backbone": "#/$defs/pretrain_run/properties/voxel_backbone"}  # fmt: skip

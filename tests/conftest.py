@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
@@ -15,13 +14,6 @@ import pytest
 # voxel runs this way, depthcontrast/cli.py), and the tests compare its results with MinkowskiEngine's in-process
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """Load spconv, where installed, as the package does (its CPU kernels on one OpenMP thread, see
-    depthcontrast/models/spconv_unet.py) before any test module imports it directly."""
-    with contextlib.suppress(Exception):  # spconv missing: the voxel tests skip or check the error
-        import depthcontrast.models.spconv_unet  # noqa: F401
 
 
 BIN = Path(sys.executable).parent

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 ME = pytest.importorskip("MinkowskiEngine")
-pytest.importorskip("spconv.pytorch")  # conftest imported it through depthcontrast.models.spconv_unet first
+pytest.importorskip("spconv.pytorch")
 
 from depthcontrast.checkpoint import load_checkpoint  # noqa: E402
 from depthcontrast.data.voxelize import VoxelGrid, collate_voxels, voxelize  # noqa: E402

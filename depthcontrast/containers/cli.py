@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from depthcontrast.architectures import MINKOWSKI
 from depthcontrast.containers import host
 from depthcontrast.containers.engine import Engine, to_sif
 from depthcontrast.containers.images import (
@@ -16,7 +17,6 @@ from depthcontrast.containers.images import (
     DEBIAN_SUITE,
     IMAGE_LOCK,
     IMAGES,
-    MINKOWSKI,
     ROOT,
     SOURCE_DATE_EPOCH,
     ContainerError,

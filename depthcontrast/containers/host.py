@@ -11,12 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+from depthcontrast.architectures import MINKOWSKI
 from depthcontrast.containers.images import (
     BUILD,
     CPU,
     DEBIAN_SUITE,
     DOCKER,
-    MINKOWSKI,
     ROOT,
     SOURCE_DATE_EPOCH,
     ContainerError,

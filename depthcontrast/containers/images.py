@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from depthcontrast.architectures import MINKOWSKI, SPCONV
+
 ROOT = Path(__file__).resolve().parents[2]  # the repository (the recipes live in docker/)
 DOCKER = ROOT / "docker"
 IMAGE_LOCK = DOCKER / "images.lock.json"
@@ -17,7 +19,6 @@ SOURCE_DATE_EPOCH = 1796083200  # 2026-12-01T00:00:00Z: every file's date and th
 BASE_REF = "localhost/depthcontrast/base:bookworm"
 DEBIAN_SUITE = "bookworm"
 CPU, CUDA = "cpu", "cuda"
-SPCONV, MINKOWSKI = "spconv", "minkowski"
 
 
 class ContainerError(RuntimeError):

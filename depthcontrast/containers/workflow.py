@@ -12,13 +12,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from depthcontrast.architectures import MINKOWSKI, SPCONV
 from depthcontrast.containers.images import (
     CPU,
     CUDA,
     DOCKER,
     IMAGES,
-    MINKOWSKI,
-    SPCONV,
     ContainerError,
     read_image_lock,
 )

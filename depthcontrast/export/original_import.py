@@ -30,13 +30,14 @@ from typing import Any
 
 import torch
 
+from depthcontrast.architectures import MINKOWSKI, SPCONV, VOXEL_STACKS
 from depthcontrast.checkpoint import CHECKPOINT_FORMAT, NOT_PICKLED, PICKLED, save_checkpoint, saved_file_kind
 from depthcontrast.config import validate_config
 from depthcontrast.errors import DataError
 from depthcontrast.export.minkowski import LAYOUT_04, LAYOUT_05, PLANES, Res16UNet34StandIn, relayout, spconv_state
 from depthcontrast.io_utils import sha256_file
 from depthcontrast.models.pointnet2 import SA_WIDTHS
-from depthcontrast.specs import MINKOWSKI, SPCONV, parse_run
+from depthcontrast.specs import parse_run
 from depthcontrast.train import build_model
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,6 @@ POINT_TRUNKS = {0: "query_encoders.point.", 1: "key_encoders.point."}
 VOXEL_TRUNKS = {2: "query_encoders.voxel.", 3: "key_encoders.voxel."}
 QUEUE_KEYS = {"queue": "queue_point", "queue_ptr": "queue_ptr_point"}
 VOXEL_QUEUE_KEYS = {"queue_other": "queue_voxel", "queue_other_ptr": "queue_ptr_voxel"}
-VOXEL_STACKS = (SPCONV, MINKOWSKI)
 SMLP_PATTERN = re.compile(r"^head\.clf\.(\d+)\.linear\.(weight|bias)$")  # the original's MinkowskiLinear head
 VOXEL_INPUT_KEY = "conv0p1s1.kernel"
 VOXEL_FEATURES = {3: ["rgb"], 1: []}  # input channels → voxel_backbone.features (RGB, or a constant 1)

@@ -24,6 +24,7 @@ from depthcontrast.architectures import (
     ARCHITECTURES,
     EXPORT_TARGETS,
     KNOWN_TARGETS,
+    MINKOWSKI,
     describe_encoders,
     source_representation,
     what_target_needs,
@@ -57,7 +58,6 @@ from depthcontrast.io_utils import atomic_write_bytes, atomic_write_json, sha256
 from depthcontrast.models.encoders import build_backbone
 from depthcontrast.models.pointnet2 import PointNet2SSG
 from depthcontrast.specs import (
-    MINKOWSKI,
     PointBackbone,
     SSGBackbone,
     VoxelBackbone,

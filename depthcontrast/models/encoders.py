@@ -16,11 +16,12 @@ from typing import Any
 
 from torch import nn
 
+from depthcontrast.architectures import MINKOWSKI
 from depthcontrast.errors import ConfigError
 from depthcontrast.models.heads import PointNetEncoder, PointNetMSGEncoder
 from depthcontrast.models.pointnet2 import PointNet2SSG, fp_width
 from depthcontrast.models.pointnet2_msg import PointNet2MSG
-from depthcontrast.specs import MINKOWSKI, MSGBackbone, PointBackbone, SSGBackbone, VoxelBackbone, derived_head_dims
+from depthcontrast.specs import MSGBackbone, PointBackbone, SSGBackbone, VoxelBackbone, derived_head_dims
 
 SPCONV_UNET, MINKUNET = "spconv_unet", "minkunet"
 # the voxel encoders' pooled widths, their heads' input: UNetV2's decoder outputs 64 + 32 + 16 + 16; block8
@@ -99,9 +100,8 @@ def _spconv_unet_encoder(spec: VoxelBackbone, head: Sequence[int]) -> nn.Module:
 def _minkunet_encoder(spec: VoxelBackbone, head: Sequence[int]) -> nn.Module:
     channels = spec.features.channels or 1  # RGB, or a constant 1 without features
     if spec.stack == MINKOWSKI:
-        from depthcontrast.models.minkunet_me import MinkUNet34MEEncoder, import_minkowski
+        from depthcontrast.models.minkunet_me import MinkUNet34MEEncoder  # builds: a one-line error without it
 
-        import_minkowski()  # one line naming the install step when it is missing
         return MinkUNet34MEEncoder(channels, head)
     from depthcontrast.models.minkunet import MinkUNet34Encoder  # imports spconv
 

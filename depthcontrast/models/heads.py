@@ -43,6 +43,14 @@ def head_on(mlp_dims: Sequence[int], width: int, what: str) -> MLPHead:
     return MLPHead(mlp_dims)
 
 
+def per_sample_max(features: torch.Tensor, batch: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Max over the rows of each sample (`batch` [M] holds each row's sample): [batch_size, C], 0 for a sample
+    without rows (the global max-pool of the voxel encoders)."""
+    index = batch.long().unsqueeze(1).expand_as(features)
+    out = features.new_zeros(batch_size, features.shape[1])
+    return out.scatter_reduce(0, index, features, reduce="amax", include_self=False)
+
+
 class PointNetEncoder(PointNet2SSG):
     """PointNet++ backbone + max-pool over fp2 points + MLP head: xyz [B, N, 3] -> embedding [B, dims[-1]].
 

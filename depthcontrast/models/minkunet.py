@@ -36,19 +36,18 @@ import torch
 from torch import nn
 
 from depthcontrast.errors import ConfigError
-from depthcontrast.models.heads import MLPHead
 from depthcontrast.models.res16unet34 import (
     BLOCK_BN_MOMENTUM,
     BN_EPS,
     BN_MOMENTUM,
     CONV1_KERNEL_SIZE,
     DOWNSAMPLINGS,
-    EMBEDDING_CHANNELS,
     INIT_DIM,
     LAYERS,
     ORIGINAL_HEAD_DIMS,
     PLANES,
-    XYZ_COLUMNS,
+    network_input,
+    projection_head,
 )
 from depthcontrast.models.spconv_unet import batch_max_pool, spconv  # imports spconv, patches its CPU stream
 
@@ -165,16 +164,8 @@ class MinkUNet34Encoder(MinkUNet34):
 
     def __init__(self, in_channels: int, sparse_shape: Sequence[int], head_dims: Sequence[int] = ORIGINAL_HEAD_DIMS):
         super().__init__(in_channels, sparse_shape)
-        if head_dims[0] != EMBEDDING_CHANNELS:
-            raise ConfigError(
-                f"the MinkUNet head's first width must be {EMBEDDING_CHANNELS} (block8), got {list(head_dims)}"
-            )
-        self.head = MLPHead(head_dims)
+        self.head = projection_head(head_dims)
 
     def forward(self, voxels: Mapping[str, Any]) -> torch.Tensor:  # type: ignore[override]
-        features = voxels["features"][:, XYZ_COLUMNS:]
-        if features.shape[1] == 0:
-            features = voxels["features"].new_ones(len(features), self.in_channels)
-        batch_size = int(voxels["batch_size"])
-        out = super().forward({**voxels, "features": features})
-        return self.head(batch_max_pool(out, batch_size))
+        out = super().forward({**voxels, "features": network_input(voxels, self.in_channels)})
+        return self.head(batch_max_pool(out, int(voxels["batch_size"])))

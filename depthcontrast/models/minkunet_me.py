@@ -19,18 +19,18 @@ import torch
 from torch import nn
 
 from depthcontrast.errors import ConfigError
-from depthcontrast.models.heads import MLPHead
+from depthcontrast.models.heads import per_sample_max
 from depthcontrast.models.res16unet34 import (
     BLOCK_BN_MOMENTUM,
     BN_EPS,
     BN_MOMENTUM,
     CONV1_KERNEL_SIZE,
-    EMBEDDING_CHANNELS,
     INIT_DIM,
     LAYERS,
     ORIGINAL_HEAD_DIMS,
     PLANES,
-    XYZ_COLUMNS,
+    network_input,
+    projection_head,
 )
 
 INSTALL_HINT = (
@@ -69,8 +69,8 @@ def _norm(channels: int, momentum: float) -> nn.Module:
     return import_minkowski().MinkowskiBatchNorm(channels, eps=BN_EPS, momentum=momentum)
 
 
-def _relu(x: Any) -> Any:
-    return import_minkowski().MinkowskiFunctional.relu(x)
+def _relu() -> nn.Module:
+    return import_minkowski().MinkowskiReLU()
 
 
 class BasicBlock(nn.Module):
@@ -85,11 +85,12 @@ class BasicBlock(nn.Module):
         self.downsample = (
             nn.Sequential(_conv(inplanes, planes, 1), _norm(planes, BN_MOMENTUM)) if inplanes != planes else None
         )
+        self.relu = _relu()
 
     def forward(self, x: Any) -> Any:
-        out = self.norm2(self.conv2(_relu(self.norm1(self.conv1(x)))))
+        out = self.norm2(self.conv2(self.relu(self.norm1(self.conv1(x)))))
         residual = self.downsample(x) if self.downsample is not None else x
-        return _relu(out + residual)
+        return self.relu(out + residual)
 
 
 def _stage(inplanes: int, planes: int, blocks: int) -> nn.Sequential:
@@ -109,6 +110,7 @@ class Res16UNet34(nn.Module):
         self.in_channels = in_channels
         self.conv0p1s1 = _conv(in_channels, INIT_DIM, CONV1_KERNEL_SIZE)
         self.bn0 = _norm(INIT_DIM, BN_MOMENTUM)
+        self.relu = _relu()
         inplanes = INIT_DIM
         for level, (conv, bn, block) in enumerate(self.ENCODER):
             self.add_module(conv, _conv(inplanes, inplanes, 2, stride=2))
@@ -124,14 +126,14 @@ class Res16UNet34(nn.Module):
 
     def forward(self, x: Any) -> Any:
         ME = import_minkowski()
-        out = _relu(self.bn0(self.conv0p1s1(x)))
+        out = self.relu(self.bn0(self.conv0p1s1(x)))
         skips = [out]
         for conv, bn, block in self.ENCODER:
-            out = getattr(self, block)(_relu(getattr(self, bn)(getattr(self, conv)(out))))
+            out = getattr(self, block)(self.relu(getattr(self, bn)(getattr(self, conv)(out))))
             skips.append(out)
         skips.pop()  # block4's output is the bottom, not a skip
         for conv, bn, block in self.DECODER:
-            up = _relu(getattr(self, bn)(getattr(self, conv)(out)))  # back on the skip's coordinate map
+            up = self.relu(getattr(self, bn)(getattr(self, conv)(out)))  # back on the skip's coordinate map
             out = getattr(self, block)(ME.cat(up, skips.pop()))
         return out
 
@@ -145,10 +147,7 @@ def to_sparse_tensor(voxels: Mapping[str, Any], features: torch.Tensor) -> Any:
 
 def batch_max_pool(x: Any, batch_size: int) -> torch.Tensor:
     """Per-sample max over a SparseTensor's rows → [batch_size, C] (MinkowskiGlobalMaxPooling's result)."""
-    batch = x.C[:, 0].long()
-    index = batch[:, None].expand_as(x.F)
-    out = x.F.new_full((batch_size, x.F.shape[1]), float("-inf"))
-    return out.scatter_reduce(0, index, x.F, reduce="amax", include_self=True)
+    return per_sample_max(x.F, x.C[:, 0], batch_size)
 
 
 class MinkUNet34MEEncoder(Res16UNet34):
@@ -157,11 +156,7 @@ class MinkUNet34MEEncoder(Res16UNet34):
 
     def __init__(self, in_channels: int, head_dims: Sequence[int] = ORIGINAL_HEAD_DIMS):
         super().__init__(in_channels)
-        if head_dims[0] != EMBEDDING_CHANNELS:
-            raise ConfigError(
-                f"the MinkUNet head's first width must be {EMBEDDING_CHANNELS} (block8), got {list(head_dims)}"
-            )
-        self.head = MLPHead(head_dims)
+        self.head = projection_head(head_dims)
         self.head_dims = tuple(head_dims)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> MinkUNet34MEEncoder:
@@ -174,8 +169,5 @@ class MinkUNet34MEEncoder(Res16UNet34):
         return clone.to(next(self.parameters()).device).train(self.training)
 
     def forward(self, voxels: Mapping[str, Any]) -> torch.Tensor:  # type: ignore[override]
-        features = voxels["features"][:, XYZ_COLUMNS:]
-        if features.shape[1] == 0:
-            features = voxels["features"].new_ones(len(features), self.in_channels)
-        out = super().forward(to_sparse_tensor(voxels, features.contiguous()))
+        out = super().forward(to_sparse_tensor(voxels, network_input(voxels, self.in_channels)))
         return self.head(batch_max_pool(out, int(voxels["batch_size"])))

@@ -20,27 +20,22 @@ outputs (64 + 32 + 16 + 16 = 128 channels) concatenated, then the projection hea
 CPU training: spconv 2.3.8's CPU build fails in backward because `spconv.pytorch.ops` asks
 `torch.cuda.current_stream()` for a stream before looking at the tensors' device. Without CUDA the
 stream is never used, so `_patch_cpu_stream` makes that lookup return 0 (the null stream) then.
-Its CPU kernels also lose a sum now and then when they run on several OpenMP threads (a few output rows
-wrong, run to run; measured against a real MinkowskiEngine and a direct evaluation). They use the OpenMP
-runtime bundled in the spconv wheel (`spconv.libs/libgomp-*.so`), which torch.set_num_threads does not reach
-(nor does omp_set_num_threads from the main thread), so `_import_spconv` loads it with OMP_NUM_THREADS=1. This
-holds when this module imports spconv first in the process (tests/conftest.py sees to it for the tests).
+Its CPU kernels also lose a sum now and then unless the process starts with one OpenMP thread (a few output rows
+wrong, run to run; measured against a real MinkowskiEngine and a direct evaluation; setting the thread counts
+after start-up does not help): `depthcontrast pretrain` restarts CPU voxel runs with OMP_NUM_THREADS=1
+(depthcontrast/cli.py), and the tests set it before torch loads (tests/conftest.py).
 """
 
 from __future__ import annotations
 
-import ctypes
-import importlib.util
-import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from depthcontrast.errors import ConfigError, DepthContrastError
-from depthcontrast.models.heads import MLPHead
+from depthcontrast.models.heads import MLPHead, per_sample_max
 
 SPCONV_HINT = (
     "the sparse UNet needs spconv 2.x: install the package's `voxel` extra (pip install -e '.[voxel]', the CPU "
@@ -52,36 +47,11 @@ class MissingStackError(DepthContrastError):
     """An optional heavy stack (spconv, MinkowskiEngine) that a run needs is not installed."""
 
 
-def _load_openmp_single_threaded() -> None:
-    """Load the OpenMP runtime bundled in the spconv wheel with OMP_NUM_THREADS=1: it reads the variable once, when
-    it loads, for every thread that calls into it (spconv loads its kernels, and so the runtime, lazily)."""
-    spec = importlib.util.find_spec("spconv")
-    if spec is None or not spec.submodule_search_locations:
-        return
-    libs = Path(next(iter(spec.submodule_search_locations))).parent / "spconv.libs"
-    for runtime in sorted(libs.glob("libgomp*.so*")):
-        ctypes.CDLL(str(runtime))
-
-
-def _import_spconv() -> tuple[Any, Any]:
-    """spconv.pytorch and its ops, its CPU kernels on one OpenMP thread (see the docstring)."""
-    saved = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        _load_openmp_single_threaded()
-        import spconv.pytorch as spconv_pytorch
-        import spconv.pytorch.ops as ops
-    except ImportError as exc:  # pragma: no cover - exercised only where spconv is absent
-        raise MissingStackError(f"cannot import spconv ({exc}): {SPCONV_HINT}") from None
-    finally:
-        if saved is None:
-            del os.environ["OMP_NUM_THREADS"]
-        else:
-            os.environ["OMP_NUM_THREADS"] = saved
-    return spconv_pytorch, ops
-
-
-spconv, spconv_ops = _import_spconv()
+try:
+    import spconv.pytorch as spconv
+    import spconv.pytorch.ops as spconv_ops
+except ImportError as exc:  # pragma: no cover - exercised only where spconv is absent
+    raise MissingStackError(f"cannot import spconv ({exc}): {SPCONV_HINT}") from None
 
 
 def _patch_cpu_stream() -> None:
@@ -213,10 +183,7 @@ class UNetV2(nn.Module):
 
 def batch_max_pool(tensor: Any, batch_size: int) -> torch.Tensor:
     """Per-sample max over a sparse tensor's voxels: [batch_size, C] (0 for a sample without voxels)."""
-    features = tensor.features
-    index = tensor.indices[:, 0].long().unsqueeze(1).expand_as(features)
-    out = features.new_zeros(batch_size, features.shape[1])
-    return out.scatter_reduce(0, index, features, reduce="amax", include_self=False)
+    return per_sample_max(tensor.features, tensor.indices[:, 0], batch_size)
 
 
 class UNetV2Encoder(UNetV2):
