@@ -61,7 +61,9 @@ def write_shards(folder: Path, frames: int) -> Path:
     return folder
 
 
-def run_settings(scale: int, precision: str, batch: int, points: int, workers: int) -> dict:
+def run_settings(
+    scale: int, precision: str, batch: int, points: int, workers: int, compiled: bool = True, augment_on: str = "cpu"
+) -> dict:
     return {
         "datasets": ["bench"], "representations": ["point"],
         "backbone": {"name": "pointnet2_ssg", "scale": scale, "npoints": [2048, 1024, 512, 256], "head_dims": None},
@@ -71,7 +73,8 @@ def run_settings(scale: int, precision: str, batch: int, points: int, workers: i
         "schedule": {"name": "cosine", "final_lr": 0.00012, "warmup_epochs": 0, "per_step": False},
         "loss": {"temperature": 0.1, "num_negatives": 131072, "embedding_dim": 128, "momentum": 0.999,
                  "loss_types": None, "within_format_weights": None, "across_format_weights": None},
-        "precision": precision, "grad_clip_norm": None, "checkpoint_every_epochs": 10,
+        "precision": precision, "compile": compiled, "augment_on": augment_on, "grad_clip_norm": None,
+        "checkpoint_every_epochs": 10,
         "num_workers": workers, "verify_shards": True, "seed": 0, "deterministic": False, "log_every_steps": 10,
     }  # fmt: skip
 
@@ -152,6 +155,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=512)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--compile", nargs="+", choices=["on", "off"], default=["on"],
+                        help="the run's `compile` setting(s) to measure")  # fmt: skip
+    parser.add_argument("--augment-on", nargs="+", choices=["cpu", "gpu"], default=["cpu"])
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench/pretrain_throughput.py needs a CUDA GPU")
@@ -159,33 +165,42 @@ def main() -> None:
     print(f"# {datetime.date.today()} {torch.cuda.get_device_name()} | torch {torch.__version__} | "
           f"Python {platform.python_version()} | batch {args.batch} x {args.points} points/view, "
           f"{args.workers} loader workers")  # fmt: skip
-    print("| width | precision | samples/s | vs seed | loader alone samples/s | data wait ms | forward ms | bwd ms "
+    print("| width | precision | compile | augment | samples/s | vs seed | loader alone samples/s | data wait ms "
+          "| forward ms | bwd ms "
           "| optimizer ms | peak GiB | seed peak GiB |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         shards = write_shards(Path(tmp) / "bench", args.frames)
         for scale in args.scales:
             for precision in args.precisions:
-                torch.cuda.reset_peak_memory_stats()
-                run = run_settings(scale, precision, args.batch, args.points, args.workers)
-                trainer = Trainer("bench", run, [shards], Path(tmp) / "out", WorldInfo(0, 1, 0, None), "cuda")
-                try:
-                    r = measure(trainer, args.steps, args.warmup)
-                except torch.OutOfMemoryError:
-                    print(
-                        f"| {scale}x | {precision} | out of memory at batch {args.batch} | | | | | | | | |", flush=True
-                    )
-                    del trainer
-                    torch.cuda.empty_cache()
-                    continue
-                seed = SEED_SAMPLES_PER_S.get(scale)
-                ratio = f"{r['samples_per_s'] / seed:.2f}x" if seed else "-"
-                print(f"| {scale}x | {precision} | {r['samples_per_s']:.1f} | {ratio} | "
-                      f"{r['data_only_samples_per_s']:.0f} | {r['data']:.1f} | "
-                      f"{r['forward']:.1f} | {r['backward']:.1f} | {r['optimizer']:.1f} | {r['peak_gib']:.1f} | "
-                      f"{SEED_PEAK_GIB.get(scale, '-')} |", flush=True)  # fmt: skip
-                del trainer
-                torch.cuda.empty_cache()
+                for compiled in args.compile:
+                    for augment_on in args.augment_on:
+                        measure_row(args, shards, Path(tmp) / "out", scale, precision, compiled == "on", augment_on)
+
+
+def measure_row(
+    args: argparse.Namespace, shards: Path, out: Path, scale: int, precision: str, compiled: bool, augment_on: str
+) -> None:
+    """One table row: a fresh trainer with these settings, measured."""
+    torch.cuda.reset_peak_memory_stats()
+    run = run_settings(scale, precision, args.batch, args.points, args.workers, compiled, augment_on)
+    settings = f"{scale}x | {precision} | {'on' if compiled else 'off'} | {augment_on}"
+    trainer = Trainer("bench", run, [shards], out, WorldInfo(0, 1, 0, None), "cuda")
+    try:
+        r = measure(trainer, args.steps, args.warmup)
+    except torch.OutOfMemoryError:
+        print(f"| {settings} | out of memory at batch {args.batch} | | | | | | | | |", flush=True)
+        return
+    finally:
+        trainer._stop_workers()
+        del trainer
+        torch.cuda.empty_cache()
+    seed = SEED_SAMPLES_PER_S.get(scale)
+    ratio = f"{r['samples_per_s'] / seed:.2f}x" if seed else "-"
+    print(f"| {settings} | {r['samples_per_s']:.1f} | {ratio} | "
+          f"{r['data_only_samples_per_s']:.0f} | {r['data']:.1f} | "
+          f"{r['forward']:.1f} | {r['backward']:.1f} | {r['optimizer']:.1f} | {r['peak_gib']:.1f} | "
+          f"{SEED_PEAK_GIB.get(scale, '-')} |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

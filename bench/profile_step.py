@@ -78,12 +78,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--compile", choices=["on", "off"], default="on", help="the run's `compile` setting")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench/profile_step.py needs a CUDA GPU")
     with tempfile.TemporaryDirectory() as tmp:
         shards = write_shards(Path(tmp) / "bench", args.frames)
-        run = run_settings(args.scale, args.precision, args.batch, args.points, args.workers)
+        run = run_settings(args.scale, args.precision, args.batch, args.points, args.workers, args.compile == "on")
         trainer = Trainer("bench", run, [shards], Path(tmp) / "out", WorldInfo(0, 1, 0, None), "cuda")
         prof = profiled_steps(trainer, args.steps, args.warmup)
     kernels: dict[str, float] = defaultdict(float)

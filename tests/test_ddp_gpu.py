@@ -46,7 +46,8 @@ RUN = {
     "optimizer": {"name": "sgd", "lr": 0.12, "momentum": 0.9, "weight_decay": 1e-4, "nesterov": False},
     "schedule": {"name": "cosine", "final_lr": 0.00012, "warmup_epochs": 0, "per_step": False},
     "loss": {"temperature": 0.1, "num_negatives": 4096, "embedding_dim": 128, "momentum": 0.999},
-    "precision": "fp32", "grad_clip_norm": None, "checkpoint_every_epochs": 1, "num_workers": 4,
+    "precision": "fp32", "compile": True, "augment_on": "cpu", "grad_clip_norm": None, "checkpoint_every_epochs": 1,
+    "num_workers": 4,
     "verify_shards": True, "seed": 0, "deterministic": False, "log_every_steps": 1,
 }  # fmt: skip
 STEPS = FRAMES // GLOBAL_BATCH * RUN["epochs"]

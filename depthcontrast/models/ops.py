@@ -176,15 +176,24 @@ def three_nn(unknown: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, 
     return torch.cat(dists, dim=1), torch.cat(idxs, dim=1)
 
 
-def three_nn_interpolate(unknown: torch.Tensor, known: torch.Tensor, known_feats: torch.Tensor) -> torch.Tensor:
-    """Features [B, C, n] at unknown [B, n, 3], inverse-distance weighted from known [B, m, 3] / [B, C, m]."""
+def check_known_features(known: torch.Tensor, known_feats: torch.Tensor) -> None:
+    """ValueError unless known_feats is [B, C, m] for the m points of known [B, m, 3]."""
     if known_feats.dim() != 3 or known_feats.shape[2] != known.shape[1]:
         raise ValueError(
             f"known_feats must be [B, C, {known.shape[1]}] for {known.shape[1]} known points, "
             f"got {list(known_feats.shape)}"
         )
-    dist, idx = three_nn(unknown, known)
+
+
+def interpolate(dist: torch.Tensor, idx: torch.Tensor, known_feats: torch.Tensor) -> torch.Tensor:
+    """Features [B, C, n] from known_feats [B, C, m], weighted by 1 / distance over `three_nn`'s neighbours."""
     inverse = 1.0 / (dist + INTERPOLATION_EPS)
     weights = (inverse / inverse.sum(dim=-1, keepdim=True)).to(known_feats.dtype)
     neighbours = group(known_feats, idx)  # [B, C, n, 3]
     return (neighbours * weights[:, None]).sum(dim=-1)
+
+
+def three_nn_interpolate(unknown: torch.Tensor, known: torch.Tensor, known_feats: torch.Tensor) -> torch.Tensor:
+    """Features [B, C, n] at unknown [B, n, 3], inverse-distance weighted from known [B, m, 3] / [B, C, m]."""
+    check_known_features(known, known_feats)
+    return interpolate(*three_nn(unknown, known), known_feats)

@@ -10,8 +10,9 @@ checkpoints load and ours load into its VoteNet fork.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import pairwise
+from typing import Any
 
 import torch
 from torch import nn
@@ -68,13 +69,55 @@ class SharedMLP(nn.Sequential):
             self.add_module(f"layer{i}", ConvBNReLU(cin, cout))
 
 
-class SetAbstraction(nn.Module):
+def group_and_pool(
+    mlp: nn.Module,
+    xyz: torch.Tensor,
+    centres: torch.Tensor,
+    features: torch.Tensor | None,
+    idx: torch.Tensor,
+    radius: float | None,
+) -> torch.Tensor:
+    """The dense half of a set abstraction: the neighbours idx [B, M, K] of each centre as offsets (divided by
+    `radius` unless it is None) followed by their features [B, C, N], the shared `mlp`, max over the K
+    neighbours: [B, C', M]."""
+    offsets = ops.group(xyz.transpose(1, 2).contiguous(), idx) - centres.transpose(1, 2)[..., None]
+    grouped = offsets if radius is None else offsets / radius
+    if features is not None:
+        grouped = torch.cat([grouped.to(features.dtype), ops.group(features, idx)], dim=1)
+    return mlp(grouped).max(dim=-1).values
+
+
+class FusedBlock(nn.Module):
+    """A block whose dense part (`dense`, no point ops) can be swapped for a compiled copy by `fuse()`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._fused: Callable[..., torch.Tensor] | None = None
+
+    def dense(self, *args: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def fuse(self) -> None:
+        """Run `dense` through torch.compile from now on (fixed shapes; the point ops stay outside)."""
+        self._fused = torch.compile(self.dense, dynamic=False)
+
+    def run_dense(self, *args: Any) -> torch.Tensor:
+        return (self._fused or self.dense)(*args)
+
+
+class SetAbstraction(FusedBlock):
     """One SA level: sample `npoint` centres, group within `radius`, shared MLP, max-pool."""
 
     def __init__(self, npoint: int, radius: float, nsample: int, widths: Sequence[int], backend: str = "auto"):
         super().__init__()
         self.npoint, self.radius, self.nsample, self.backend = npoint, radius, nsample, backend
         self.mlp_module = SharedMLP(widths)
+
+    def dense(
+        self, xyz: torch.Tensor, centres: torch.Tensor, features: torch.Tensor | None, idx: torch.Tensor
+    ) -> torch.Tensor:
+        """Offsets divided by the radius, then the features; shared MLP; max-pool."""
+        return group_and_pool(self.mlp_module, xyz, centres, features, idx, self.radius)
 
     def forward(
         self, xyz: torch.Tensor, features: torch.Tensor | None
@@ -83,19 +126,28 @@ class SetAbstraction(nn.Module):
         inds = ops.farthest_point_sample(xyz, self.npoint, backend=self.backend)
         centres = ops.gather_points(xyz, inds)
         idx = ops.ball_query(xyz, centres, self.radius, self.nsample, backend=self.backend)
-        offsets = ops.group(xyz.transpose(1, 2).contiguous(), idx) - centres.transpose(1, 2)[..., None]
-        grouped = offsets / self.radius
-        if features is not None:
-            grouped = torch.cat([grouped.to(features.dtype), ops.group(features, idx)], dim=1)
-        return centres, self.mlp_module(grouped).max(dim=-1).values, inds
+        return centres, self.run_dense(xyz, centres, features, idx), inds
 
 
-class FeaturePropagation(nn.Module):
+class FeaturePropagation(FusedBlock):
     """One FP level: interpolate known features onto unknown points, append the skip (if any), shared `mlp`."""
 
     def __init__(self, mlp: nn.Module):
         super().__init__()
         self.mlp = mlp
+
+    def dense(
+        self,
+        dist: torch.Tensor,
+        idx: torch.Tensor,
+        unknown_features: torch.Tensor | None,
+        known_features: torch.Tensor,
+    ) -> torch.Tensor:
+        """Inverse-distance weights of the three neighbours, the skip features appended, shared MLP."""
+        stacked = ops.interpolate(dist, idx, known_features)
+        if unknown_features is not None:
+            stacked = torch.cat([stacked, unknown_features.to(stacked.dtype)], dim=1)
+        return self.mlp(stacked[..., None])[..., 0]
 
     def forward(
         self,
@@ -105,10 +157,17 @@ class FeaturePropagation(nn.Module):
         known_features: torch.Tensor,
     ) -> torch.Tensor:
         """[B, n, 3], [B, m, 3], [B, C1, n] or None, [B, C2, m] -> [B, C', n]."""
-        stacked = ops.three_nn_interpolate(unknown_xyz, known_xyz, known_features)
-        if unknown_features is not None:
-            stacked = torch.cat([stacked, unknown_features.to(stacked.dtype)], dim=1)
-        return self.mlp(stacked[..., None])[..., 0]
+        ops.check_known_features(known_xyz, known_features)
+        dist, idx = ops.three_nn(unknown_xyz, known_xyz)
+        return self.run_dense(dist, idx, unknown_features, known_features)
+
+
+def fuse_point_blocks(model: nn.Module) -> int:
+    """Compile the dense part of every SA and FP block of `model` (see FusedBlock); returns how many."""
+    blocks = [module for module in model.modules() if isinstance(module, FusedBlock)]
+    for block in blocks:
+        block.fuse()
+    return len(blocks)
 
 
 def _check_architecture(scale: int, npoints: Sequence[int]) -> None:

@@ -31,7 +31,7 @@ from torch import nn
 
 from depthcontrast.errors import ConfigError
 from depthcontrast.models import ops
-from depthcontrast.models.pointnet2 import FeaturePropagation
+from depthcontrast.models.pointnet2 import FeaturePropagation, FusedBlock, group_and_pool
 
 # OpenPCDet PointRCNN (tools/cfgs/kitti_models/pointrcnn.yaml, BACKBONE_3D), also DepthContrast's PointNet2MSG
 MSG_NPOINTS = (4096, 1024, 256, 64)
@@ -56,7 +56,7 @@ def shared_mlp(widths: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class MultiScaleSetAbstraction(nn.Module):
+class MultiScaleSetAbstraction(FusedBlock):
     """One SA level: `npoint` centres, one ball query + shared MLP + max-pool per scale, concatenated."""
 
     def __init__(
@@ -73,21 +73,26 @@ class MultiScaleSetAbstraction(nn.Module):
         self.mlps = nn.ModuleList(shared_mlp([in_channels + XYZ_CHANNELS, *widths]) for widths in mlps)
         self.out_channels = sum(widths[-1] for widths in mlps)
 
+    def dense(
+        self, xyz: torch.Tensor, centres: torch.Tensor, features: torch.Tensor | None, idxs: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """Each scale's offsets in metres, then the features; its shared MLP and max-pool; concatenated."""
+        pooled = [
+            group_and_pool(mlp, xyz, centres, features, idx, None) for mlp, idx in zip(self.mlps, idxs, strict=True)
+        ]
+        return torch.cat(pooled, dim=1)
+
     def forward(
         self, xyz: torch.Tensor, features: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """xyz [B, N, 3], features [B, C, N] or None -> centres [B, M, 3], features [B, C', M], inds [B, M]."""
         inds = ops.farthest_point_sample(xyz, self.npoint, backend=self.backend)
         centres = ops.gather_points(xyz, inds)
-        points_first = xyz.transpose(1, 2).contiguous()
-        outputs = []
-        for radius, nsample, mlp in zip(self.radii, self.nsamples, self.mlps, strict=True):
-            idx = ops.ball_query(xyz, centres, radius, nsample, backend=self.backend)
-            grouped = ops.group(points_first, idx) - centres.transpose(1, 2)[..., None]
-            if features is not None:
-                grouped = torch.cat([grouped.to(features.dtype), ops.group(features, idx)], dim=1)
-            outputs.append(mlp(grouped).max(dim=-1).values)
-        return centres, torch.cat(outputs, dim=1), inds
+        idxs = [
+            ops.ball_query(xyz, centres, radius, nsample, backend=self.backend)
+            for radius, nsample in zip(self.radii, self.nsamples, strict=True)
+        ]
+        return centres, self.run_dense(xyz, centres, features, idxs), inds
 
 
 def _positive_ints(values: object) -> bool:
