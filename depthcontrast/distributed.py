@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+Batch = torch.Tensor | tuple[torch.Tensor, ...]  # a batch, or row-aligned tensors of one batch
+
 
 @dataclass(frozen=True)
 class WorldInfo:
@@ -41,21 +43,23 @@ def all_gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def batch_shuffle(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_shuffle(x: Batch) -> tuple[Batch, torch.Tensor]:
     """Shuffle the global batch across ranks (MoCo "shuffle BN"): → (this rank's rows, idx_unshuffle).
 
-    x is this rank's [B, ...]; the result is B rows of the gathered [world·B, ...] batch picked by a
-    permutation drawn on rank 0 and broadcast, so BatchNorm statistics of the key encoder mix
-    samples from every rank. With one process the permutation is local. Pass `idx_unshuffle` to
-    `batch_unshuffle` to restore the order.
+    x is this rank's [B, ...], or a tuple of such tensors whose rows belong together (shuffled alike); the
+    result is B rows of the gathered [world·B, ...] batch picked by a permutation drawn on rank 0 and
+    broadcast, so BatchNorm statistics of the key encoder mix samples from every rank. With one process
+    the permutation is local. Pass `idx_unshuffle` to `batch_unshuffle` to restore the order.
     """
     world = world_info()
-    gathered = all_gather_no_grad(x)
-    permutation = torch.randperm(gathered.shape[0], device=x.device)
+    parts = x if isinstance(x, tuple) else (x,)
+    gathered = [all_gather_no_grad(part) for part in parts]
+    permutation = torch.randperm(gathered[0].shape[0], device=parts[0].device)
     if world.world_size > 1:
         dist.broadcast(permutation, src=0)
     mine = permutation.view(world.world_size, -1)[world.rank]
-    return gathered[mine], torch.argsort(permutation)
+    shuffled = tuple(part[mine] for part in gathered)
+    return (shuffled if isinstance(x, tuple) else shuffled[0]), torch.argsort(permutation)
 
 
 @torch.no_grad()

@@ -213,13 +213,19 @@ class DepthContrast(nn.Module):
 
     def _embed(self, encoder: nn.Module, batch: Any, name: str) -> torch.Tensor:
         """L2-normalised embeddings [B, D] of `batch`, in the queue's dtype (float32 under bf16 autocast)."""
-        out = encoder(batch)
+        out = encoder(*batch) if isinstance(batch, tuple) else encoder(batch)
         if out.ndim != 2 or out.shape[1] != self.embedding_dim:
             raise ConfigError(
                 f"the {name!r} encoder returns shape {list(out.shape)}; "
                 f"expected [batch, {self.embedding_dim}] (embedding_dim)"
             )
         return F.normalize(out.to(self.queue_of(name).dtype), dim=1)
+
+    def _prepared_views(self, name: str, query: Any, key: Any) -> tuple[Any, Any]:
+        """The two views as the encoders take them: an encoder with `prepare_views` (the point encoders: the first
+        level's farthest-point sampling of both views in one launch) turns them into tuples of its arguments."""
+        prepare = getattr(self.query_encoders[name], "prepare_views", None)
+        return (query, key) if prepare is None else prepare(query, key)
 
     @torch.no_grad()
     def _momentum_update(self, name: str) -> None:
@@ -253,11 +259,12 @@ class DepthContrast(nn.Module):
         if set(inputs) != set(self.representations):
             expected = list(self.representations)
             raise ValueError(f"DepthContrast expects inputs for representations {expected}, got {list(inputs)}")
-        queries = {name: self._embed(self.query_encoders[name], inputs[name][0], name) for name in self.representations}
+        views = {name: self._prepared_views(name, *inputs[name]) for name in self.representations}
+        queries = {name: self._embed(self.query_encoders[name], views[name][0], name) for name in self.representations}
         keys: dict[str, torch.Tensor] = {}
         for name in self.representations:  # each key encoder steps towards its query encoder, then encodes
             self._momentum_update(name)
-            keys[name] = self._keys(name, inputs[name][1])
+            keys[name] = self._keys(name, views[name][1])
         sizes = {
             f"{name} {kind}": len(batch)
             for kind, group in (("query", queries), ("key", keys))

@@ -251,8 +251,8 @@ def parse_run(run: Mapping[str, Any]) -> RunSpec:
         preset_transforms(run["augmentations"], run["augmentation_overrides"], run["points_per_view"]),
         run["points_per_view"],
     )
-    loop = ("batch_size", "epochs", "precision", "compile", "augment_on", "grad_clip_norm",
-            "checkpoint_every_epochs", "num_workers", "verify_shards", "seed", "deterministic", "log_every_steps")  # fmt: skip
+    loop = ("batch_size", "epochs", "precision", "compile", "augment_on", "grad_clip_norm", "checkpoint_every_epochs",
+            "num_workers", "verify_shards", "seed", "deterministic", "log_every_steps")  # fmt: skip
     return RunSpec(
         datasets=tuple(run["datasets"]),
         backbone=point_backbone(run["backbone"]) if "point" in representations else None,

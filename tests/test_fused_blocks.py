@@ -17,12 +17,13 @@ import pytest
 import torch
 from torch import nn
 
-from depthcontrast.models.heads import PointNetEncoder
+from depthcontrast.models.heads import PointNetEncoder, PointNetMSGEncoder
 from depthcontrast.models.pointnet2 import FeaturePropagation, SetAbstraction, SharedMLP, fuse_point_blocks
 from depthcontrast.models.pointnet2_msg import MultiScaleSetAbstraction
 
 EVAL_TOL = 1e-5  # relative to the output's scale
 TRAIN_TOL = 1e-4  # outputs and gradients, relative to their scale
+GPU_FP32_TOL = 2e-3  # cuDNN's fp32 convolutions run in TF32 (10-bit mantissa) by default, Inductor's kernels not all
 GPU_BF16_TOL = 3e-2  # bf16 rounds to 8 bits: compiled and eager round different intermediates
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -89,6 +90,26 @@ def test_feature_propagation_fused_matches_eager() -> None:
     compare(fp, (unknown, known, skip, known_features), TRAIN_TOL, train=True)
 
 
+@pytest.mark.parametrize("encoder_class", [PointNetEncoder, PointNetMSGEncoder])
+def test_both_views_sampled_in_one_launch_equal_one_call_each(encoder_class: type) -> None:
+    """prepare_views' first-level centres are those each view's forward samples itself; so are the embeddings."""
+    torch.manual_seed(0)
+    if encoder_class is PointNetEncoder:
+        encoder = PointNetEncoder(scale=1, mlp_dims=[512, 64, 32], npoints=[64, 32, 16, 8], backend="torch")
+        views = dense_cloud(2, 512, 1.0, seed=8), dense_cloud(2, 512, 1.0, seed=9)
+        first = encoder.sa1
+    else:
+        encoder = PointNetMSGEncoder(mlp_dims=[128, 32], npoints=[64, 32, 16, 8], backend="torch")
+        views = tuple(torch.cat([dense_cloud(2, 512, 4.0, seed=s), torch.rand(2, 512, 1)], dim=2) for s in (8, 9))
+        first = encoder.SA_modules[0]
+    encoder.eval()
+    prepared = encoder.prepare_views(*views)
+    for view, (same_view, inds) in zip(views, prepared, strict=True):
+        assert same_view is view
+        assert torch.equal(inds, first.sample(view[..., :3].contiguous()))
+        assert torch.equal(encoder(*(view, inds)), encoder(view))
+
+
 def test_fuse_point_blocks_leaves_the_state_dict_alone() -> None:
     encoder = PointNetEncoder(scale=1, mlp_dims=[512, 64, 32], npoints=[64, 32, 16, 8])
     keys = list(encoder.state_dict())
@@ -106,5 +127,5 @@ def test_fused_encoder_matches_eager_on_gpu(precision: str, train: bool) -> None
     encoder = PointNetEncoder(scale=1).cuda()
     xyz = dense_cloud(4, 20_000, 4.0, seed=7, device="cuda")
     bf16 = precision == "bf16"
-    tol = GPU_BF16_TOL if bf16 else (TRAIN_TOL if train else EVAL_TOL) * 10
+    tol = GPU_BF16_TOL if bf16 else GPU_FP32_TOL
     compare(encoder, (xyz,), tol, train, autocast=bf16)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from depthcontrast.errors import ConfigError
-from depthcontrast.models.pointnet2 import SA_NPOINTS, PointNet2SSG
+from depthcontrast.models.pointnet2 import SA_NPOINTS, PointNet2SSG, first_level_centres
 from depthcontrast.models.pointnet2_msg import PointNet2MSG
 
 # the original's heads, the schema's derived head_dims at the default widths (tests/test_defaults.py checks them)
@@ -68,8 +68,13 @@ class PointNetEncoder(PointNet2SSG):
         super().__init__(scale=scale, npoints=npoints, backend=backend)
         self.head = head_on(mlp_dims, self.out_channels, f"the fp2 width of a {scale}x PointNet++")
 
-    def forward(self, xyz: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        fp2 = super().forward(xyz)["fp2_features"]
+    def prepare_views(self, query: torch.Tensor, key: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], ...]:
+        """Both views with their sa1 centres, sampled in one launch: (view, inds) each, this forward's arguments."""
+        inds = first_level_centres(self.sa1, query, key)
+        return (query, inds[0]), (key, inds[1])
+
+    def forward(self, xyz: torch.Tensor, first_inds: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        fp2 = super().forward(xyz, first_inds=first_inds)["fp2_features"]
         return self.head(fp2.max(dim=2).values)
 
 
@@ -85,6 +90,11 @@ class PointNetMSGEncoder(PointNet2MSG):
         super().__init__(**backbone)
         self.head = head_on(mlp_dims, self.out_channels, "the PointNet-MSG output width")
 
-    def forward(self, points: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        features = super().forward(points)["fp2_features"]
+    def prepare_views(self, query: torch.Tensor, key: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], ...]:
+        """Both views with their first level's centres, sampled in one launch: (view, inds) each."""
+        inds = first_level_centres(self.SA_modules[0], query, key)
+        return (query, inds[0]), (key, inds[1])
+
+    def forward(self, points: torch.Tensor, first_inds: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        features = super().forward(points, first_inds)["fp2_features"]
         return self.head(features.max(dim=2).values)

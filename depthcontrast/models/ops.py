@@ -153,6 +153,15 @@ def group(features: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(features, 2, flat).view(batch, channels, m, k)
 
 
+def group_float32(features: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """`group` with the gather done in float32, the result in the features' dtype.
+
+    The same values; what changes is the backward, a scatter-add onto the N points: in float32 it is one native
+    atomic add per element (and exact to float32), in bfloat16 a compare-and-swap loop that rounds every add.
+    """
+    return group(features.float(), idx).to(features.dtype)
+
+
 def gather_points(xyz: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Rows of xyz [B, N, D] at idx [B, M]: [B, M, D]."""
     return torch.gather(xyz, 1, idx[..., None].expand(-1, -1, xyz.shape[-1]))
@@ -189,7 +198,7 @@ def interpolate(dist: torch.Tensor, idx: torch.Tensor, known_feats: torch.Tensor
     """Features [B, C, n] from known_feats [B, C, m], weighted by 1 / distance over `three_nn`'s neighbours."""
     inverse = 1.0 / (dist + INTERPOLATION_EPS)
     weights = (inverse / inverse.sum(dim=-1, keepdim=True)).to(known_feats.dtype)
-    neighbours = group(known_feats, idx)  # [B, C, n, 3]
+    neighbours = group_float32(known_feats, idx)  # [B, C, n, 3]
     return (neighbours * weights[:, None]).sum(dim=-1)
 
 

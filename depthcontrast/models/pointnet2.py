@@ -10,6 +10,7 @@ checkpoints load and ours load into its VoteNet fork.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from itertools import pairwise
 from typing import Any
@@ -27,6 +28,7 @@ SA_WIDTHS = ((64, 64, 128), (128, 128, 256), (128, 128, 256), (128, 128, 256))  
 FP_WIDTH_1X = 512  # the original's 1x FP layers are [.., 512, 512]; wider ones are [.., 256s, 256s]
 FP_WIDTH_PER_SCALE = 256
 FP_LAYERS = 2
+VARIANTS_PER_BLOCK = 4  # compiled variants of one block: with and without grad, with and without autocast
 XYZ_CHANNELS = 3
 
 
@@ -83,7 +85,7 @@ def group_and_pool(
     offsets = ops.group(xyz.transpose(1, 2).contiguous(), idx) - centres.transpose(1, 2)[..., None]
     grouped = offsets if radius is None else offsets / radius
     if features is not None:
-        grouped = torch.cat([grouped.to(features.dtype), ops.group(features, idx)], dim=1)
+        grouped = torch.cat([grouped.to(features.dtype), ops.group_float32(features, idx)], dim=1)
     return mlp(grouped).max(dim=-1).values
 
 
@@ -119,11 +121,16 @@ class SetAbstraction(FusedBlock):
         """Offsets divided by the radius, then the features; shared MLP; max-pool."""
         return group_and_pool(self.mlp_module, xyz, centres, features, idx, self.radius)
 
+    def sample(self, xyz: torch.Tensor) -> torch.Tensor:
+        """This level's centres in xyz [B, N, 3]: farthest-point-sampling indices [B, npoint]."""
+        return ops.farthest_point_sample(xyz, self.npoint, backend=self.backend)
+
     def forward(
-        self, xyz: torch.Tensor, features: torch.Tensor | None
+        self, xyz: torch.Tensor, features: torch.Tensor | None, inds: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """xyz [B, N, 3], features [B, C, N] or None -> centres [B, M, 3], features [B, C', M], inds."""
-        inds = ops.farthest_point_sample(xyz, self.npoint, backend=self.backend)
+        """xyz [B, N, 3], features [B, C, N] or None (and the centres' indices, if `sample` ran already) ->
+        centres [B, M, 3], features [B, C', M], inds."""
+        inds = self.sample(xyz) if inds is None else inds
         centres = ops.gather_points(xyz, inds)
         idx = ops.ball_query(xyz, centres, self.radius, self.nsample, backend=self.backend)
         return centres, self.run_dense(xyz, centres, features, idx), inds
@@ -162,11 +169,31 @@ class FeaturePropagation(FusedBlock):
         return self.run_dense(dist, idx, unknown_features, known_features)
 
 
+def first_level_centres(sa: nn.Module, *views: torch.Tensor) -> list[torch.Tensor]:
+    """The first SA level's centres (FPS indices [B, npoint]) of each view batch [B, N, 3 + C], in one launch.
+
+    Sampling reads xyz only and treats every cloud on its own, so this equals one call per view; one launch
+    keeps twice as many GPU cores busy in the step's longest serial kernel.
+    """
+    clouds = torch.cat([view[..., :XYZ_CHANNELS] for view in views]).contiguous()
+    return list(sa.sample(clouds).split([len(view) for view in views]))
+
+
 def fuse_point_blocks(model: nn.Module) -> int:
-    """Compile the dense part of every SA and FP block of `model` (see FusedBlock); returns how many."""
+    """Compile the dense part of every SA and FP block of `model` (see FusedBlock); returns how many.
+
+    Dynamo keeps one cache per code object, shared by every instance of a block class: each instance, in each
+    grad and autocast mode it runs in, takes an entry. The limit grows by what these blocks can take, so none falls
+    back to eager (also when a process builds several models, as the benchmarks do).
+    """
     blocks = [module for module in model.modules() if isinstance(module, FusedBlock)]
     for block in blocks:
         block.fuse()
+    if blocks:
+        per_class = Counter(type(block) for block in blocks)
+        config = torch._dynamo.config
+        config.recompile_limit += VARIANTS_PER_BLOCK * max(per_class.values())
+        config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 4 * config.recompile_limit)
     return len(blocks)
 
 
@@ -215,8 +242,11 @@ class PointNet2SSG(nn.Module):
         """Channels of `fp2_features`."""
         return fp_width(self.scale)
 
-    def forward(self, xyz: torch.Tensor, features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """xyz [B, N, 3] (and features [B, input_feature_dim, N]) -> the original's end points.
+    def forward(
+        self, xyz: torch.Tensor, features: torch.Tensor | None = None, first_inds: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """xyz [B, N, 3] (and features [B, input_feature_dim, N]; sa1's centres from `first_level_centres`, if
+        they were sampled already) -> the original's end points.
 
         Keys: sa{1..4}_{xyz,features,inds}, fp1_features, fp2_features [B, C, M2], fp2_xyz [B, M2, 3]
         and fp2_inds [B, M2] (indices into the input cloud), with M2 = npoints[1].
@@ -225,7 +255,7 @@ class PointNet2SSG(nn.Module):
             raise ValueError(f"the backbone was built for {self.input_feature_dim} input feature channels")
         out: dict[str, torch.Tensor] = {}
         for level in range(1, len(SA_NPOINTS) + 1):
-            xyz, features, inds = getattr(self, f"sa{level}")(xyz, features)
+            xyz, features, inds = getattr(self, f"sa{level}")(xyz, features, first_inds if level == 1 else None)
             out[f"sa{level}_xyz"], out[f"sa{level}_features"], out[f"sa{level}_inds"] = xyz, features, inds
         out["fp1_features"] = self.fp1(out["sa3_xyz"], out["sa4_xyz"], out["sa3_features"], out["sa4_features"])
         out["fp2_features"] = self.fp2(out["sa2_xyz"], out["sa3_xyz"], out["sa2_features"], out["fp1_features"])

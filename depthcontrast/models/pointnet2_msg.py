@@ -82,11 +82,16 @@ class MultiScaleSetAbstraction(FusedBlock):
         ]
         return torch.cat(pooled, dim=1)
 
+    def sample(self, xyz: torch.Tensor) -> torch.Tensor:
+        """This level's centres in xyz [B, N, 3]: farthest-point-sampling indices [B, npoint]."""
+        return ops.farthest_point_sample(xyz, self.npoint, backend=self.backend)
+
     def forward(
-        self, xyz: torch.Tensor, features: torch.Tensor | None
+        self, xyz: torch.Tensor, features: torch.Tensor | None, inds: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """xyz [B, N, 3], features [B, C, N] or None -> centres [B, M, 3], features [B, C', M], inds [B, M]."""
-        inds = ops.farthest_point_sample(xyz, self.npoint, backend=self.backend)
+        """xyz [B, N, 3], features [B, C, N] or None (and the centres' indices, if `sample` ran already) ->
+        centres [B, M, 3], features [B, C', M], inds [B, M]."""
+        inds = self.sample(xyz) if inds is None else inds
         centres = ops.gather_points(xyz, inds)
         idxs = [
             ops.ball_query(xyz, centres, radius, nsample, backend=self.backend)
@@ -179,8 +184,8 @@ class PointNet2MSG(nn.Module):
         """Channels of `fp2_features` (the first FP module's last width)."""
         return self._out_channels
 
-    def forward(self, points: torch.Tensor) -> dict[str, torch.Tensor]:
-        """points [B, N, 3 + feature_channels] -> end points.
+    def forward(self, points: torch.Tensor, first_inds: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """points [B, N, 3 + feature_channels] (and the first level's centres, if sampled already) -> end points.
 
         Keys: sa{k}_{xyz,features,inds} for SA level k = 1.., and the final per-point features under
         DepthContrast's name for them: fp2_features [B, out_channels, N] (FP_modules[0]'s output,
@@ -196,7 +201,7 @@ class PointNet2MSG(nn.Module):
         level_xyz, level_features = [xyz], [features]
         out: dict[str, torch.Tensor] = {}
         for k, sa in enumerate(self.SA_modules, start=1):
-            centres, sa_features, inds = sa(level_xyz[-1], level_features[-1])
+            centres, sa_features, inds = sa(level_xyz[-1], level_features[-1], first_inds if k == 1 else None)
             level_xyz.append(centres)
             level_features.append(sa_features)
             out[f"sa{k}_xyz"], out[f"sa{k}_features"], out[f"sa{k}_inds"] = centres, sa_features, inds
