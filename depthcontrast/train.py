@@ -29,9 +29,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from depthcontrast.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from depthcontrast.data.gpu_augment import DeviceViews, view_generator
 from depthcontrast.data.sampler import ResumableDistributedSampler
 from depthcontrast.data.shards import read_index
-from depthcontrast.data.views import build_view_dataset, collate_views
+from depthcontrast.data.views import CLOUDS, build_view_dataset, collate_views
 from depthcontrast.errors import ConfigError, DepthContrastError
 from depthcontrast.io_utils import atomic_write_bytes
 from depthcontrast.launch import WorldInfo, destroy_process_group, device_for, init_process_group
@@ -40,6 +41,7 @@ from depthcontrast.lr_schedule import learning_rate
 from depthcontrast.method import DepthContrast
 from depthcontrast.metrics_log import MetricsLog
 from depthcontrast.models.encoders import build_point_encoder, build_voxel_encoder
+from depthcontrast.models.pointnet2 import fuse_point_blocks
 from depthcontrast.specs import RunSpec, parse_run
 from depthcontrast.stop_signals import EXIT_INTERRUPTED, EXIT_REQUEUE, StopFlag, ignore_stop_signals
 
@@ -48,6 +50,7 @@ __all__ = ["EXIT_INTERRUPTED", "EXIT_REQUEUE", "Trainer", "build_model", "learni
 # settings that may change between a checkpoint and its resumption (extend a run, change logging)
 RESUMABLE_CHANGES = (
     "epochs", "log_every_steps", "checkpoint_every_epochs", "num_workers", "verify_shards", "enabled", "export_targets",
+    "compile",
 )  # fmt: skip
 VIEW_KEYS = {"point": ("view_a", "view_b"), "voxel": ("voxel_a", "voxel_b")}  # a batch's (query, key) views
 
@@ -140,10 +143,14 @@ class Trainer:
         torch.manual_seed(run.seed)  # identical initial weights and queues on every rank
 
         self.dataset = build_view_dataset(shard_dirs, run)
+        # augment_on: gpu: the loader brings cut clouds, and _inputs makes their point views on self.device
+        self.device_views = DeviceViews(run.views.transforms) if self.dataset.augments_on_device else None
         self.sampler = ResumableDistributedSampler(
             len(self.dataset), run.batch_size, world.world_size, world.rank, seed=run.seed
         )
         self.model = build_model(run).to(self.device)
+        if run.compile and self.device.type == "cuda":
+            log.info("torch.compile: %d point blocks (the first steps compile them)", fuse_point_blocks(self.model))
         self.model.check_global_batch(run.batch_size * world.world_size)
         self.module: torch.nn.Module = self.model
         if world.distributed:
@@ -227,11 +234,21 @@ class Trainer:
         self.sampler.set_position(self.epoch, self.batch)
         return self.loader
 
+    def _inputs(self, batch: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """Each representation's (query, key) views on the device; with augment_on: gpu the point views are made
+        here from the batch's cut clouds, by a generator seeded from (seed, epoch, batch, rank)."""
+        inputs = {}
+        for name in self.model.representations:
+            if name == "point" and self.device_views is not None:
+                generator = view_generator(self.run.seed, self.epoch, self.batch, self.world.rank, self.device)
+                clouds = _to_device(batch[CLOUDS], self.device)
+                inputs[name] = self.device_views(clouds, batch["count"], generator)  # counts checked on the host
+            else:
+                inputs[name] = tuple(_to_device(batch[key], self.device) for key in VIEW_KEYS[name])
+        return inputs
+
     def _step(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        inputs = {
-            name: tuple(_to_device(batch[key], self.device) for key in VIEW_KEYS[name])
-            for name in self.model.representations
-        }
+        inputs = self._inputs(batch)
         with self.autocast:
             loss, terms = self.module(inputs)
         self.optimizer.zero_grad(set_to_none=True)
