@@ -35,7 +35,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import torch
-from pretrain_throughput import run_settings, write_shards
+from pretrain_throughput import endless_batches, run_settings, write_shards
 
 from depthcontrast import distributed, method
 from depthcontrast.launch import world_from_environment
@@ -77,12 +77,7 @@ def measure(trainer: Trainer, steps: int, warmup: int) -> dict[str, float]:
     device, module, optimizer = trainer.device, trainer.module, trainer.optimizer
     global_batch = trainer.run.batch_size * trainer.world.world_size
 
-    def endless_batches() -> Iterator[dict[str, torch.Tensor]]:
-        while True:
-            yield from trainer._loader()
-            trainer.epoch += 1
-
-    batches = endless_batches()
+    batches = endless_batches(trainer)
 
     def train_step(views: tuple[torch.Tensor, ...]) -> None:
         with trainer.autocast:

@@ -80,18 +80,18 @@ def run_settings(
 
 
 def endless_batches(trainer: Trainer) -> Iterator[dict]:
-    """The trainer's loader, epoch after epoch."""
-    while True:
-        yield from trainer._loader()
-        trainer.epoch += 1
+    """The trainer's loader over all its epochs, one pass, advancing its batch counter (which seeds the GPU
+    augmentations' generator)."""
+    for batch in trainer._loader():
+        yield batch
+        trainer.batch += 1
 
 
 def train_step(trainer: Trainer, batch: dict) -> None:
     """One DepthContrast step on a loaded batch, unsynchronised."""
-    device = trainer.device
+    inputs = trainer._inputs(batch)
     with trainer.autocast:
-        loss, _ = trainer.module({"point": (batch["view_a"].to(device, non_blocking=True),
-                                            batch["view_b"].to(device, non_blocking=True))})  # fmt: skip
+        loss, _ = trainer.module(inputs)
     trainer.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     trainer.optimizer.step()
@@ -105,13 +105,11 @@ def measure(trainer: Trainer, steps: int, warmup: int) -> dict[str, float]:
 
     def timed_step(record: bool) -> None:
         tick = time.perf_counter()
-        batch = next(batches)
-        view_a = batch["view_a"].to(device, non_blocking=True)
-        view_b = batch["view_b"].to(device, non_blocking=True)
+        inputs = trainer._inputs(next(batches))  # with augment_on: gpu, the augmentations count as data time
         torch.cuda.synchronize()
         t_data = time.perf_counter()
         with trainer.autocast:
-            loss, _ = model({"point": (view_a, view_b)})
+            loss, _ = model(inputs)
         torch.cuda.synchronize()
         t_fwd = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)

@@ -13,11 +13,12 @@ Files under the run's output folder:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -230,8 +231,8 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- loop
     def _loader(self) -> DataLoader:
-        """The persistent loader, positioned at the current epoch and batch."""
-        self.sampler.set_position(self.epoch, self.batch)
+        """The persistent loader, positioned at the current epoch and batch, running on to the last epoch."""
+        self.sampler.set_position(self.epoch, self.batch, self.run.epochs)
         return self.loader
 
     def _inputs(self, batch: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -288,8 +289,9 @@ class Trainer:
 
     def _fit(self, stop: StopFlag) -> int:
         self.module.train()
+        batches = iter(self._loader())  # one pass over every epoch left: no refill of the prefetch at epoch starts
         while self.epoch < self.run.epochs:
-            code = self._epoch(stop)
+            code = self._epoch(stop, batches)
             if code:
                 return code
             self.epoch, self.batch = self.epoch + 1, 0
@@ -299,14 +301,15 @@ class Trainer:
         self._finish()
         return 0
 
-    def _epoch(self, stop: StopFlag) -> int:
-        """The rest of the current epoch; 0, or the exit code of a stop signal once its checkpoint is written."""
+    def _epoch(self, stop: StopFlag, batches: Iterator[Mapping[str, Any]]) -> int:
+        """The rest of the current epoch, taken from `batches`; 0, or the exit code of a stop signal once its
+        checkpoint is written."""
         run, steps = self.run, self.sampler.batches_per_epoch
         tick = time.perf_counter()
         # a context, not a wrapped iterator: the bar's last line comes before any message about the stop
         with progress_bar(desc=f"epoch {self.epoch}", total=steps - self.batch, unit="batch",
                           disable=not self.world.is_main) as bar:  # fmt: skip
-            for batch in self._loader():
+            for batch in itertools.islice(batches, steps - self.batch):
                 data_s = time.perf_counter() - tick
                 lr = learning_rate(run, self.epoch, self.batch, steps)
                 for group in self.optimizer.param_groups:
