@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from depthcontrast.data.cgal_data import CORPUS_MESHES
+
 REPRESENTATIONS = ("point", "voxel")  # what of a sample an encoder reads; a run trains one or both, point first
 SPCONV, MINKOWSKI = "spconv", "minkowski"
 VOXEL_STACKS = (SPCONV, MINKOWSKI)  # the sparse-conv libraries of MinkUNet (voxel_backbone.stack), default first
@@ -54,6 +56,7 @@ SCHEMA_ENUMS: dict[str, tuple[str, ...]] = {
     "voxel_architectures": architectures_of("voxel"),
     "voxel_stacks": VOXEL_STACKS,
     "export_targets": KNOWN_TARGETS,
+    "corpus_meshes": tuple(sorted(CORPUS_MESHES)),
 }
 
 

@@ -20,7 +20,6 @@ import datetime
 import io
 import logging
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -30,13 +29,47 @@ from typing import Any
 
 import laspy
 import numpy as np
-import open3d as o3d
-from PIL import Image
 from plyfile import PlyData
 
+from depthcontrast.data.cgal_data import (
+    CGAL_DEB,
+    CGAL_DOC_DIR,
+    CGAL_PACKAGE,
+    CGAL_VERSION,
+    LICENCE_CGAL,
+    check_sha256,
+    deb_data_tar,
+    fetch_cgal_deb,
+    read_member,
+    run_command,
+)
 from depthcontrast.data.manifest import Manifest, describe_files, write_manifest
-from depthcontrast.errors import DataError, DepthContrastError, DownloadError
-from depthcontrast.io_utils import atomic_path, atomic_write_json, sha256_file
+from depthcontrast.data.rooms import (
+    CX,
+    CY,
+    DEPTH_SCALE,
+    FLOOR_OBJECT_SIZE_M,
+    FX,
+    IMAGE_H,
+    IMAGE_W,
+    MAX_DEPTH_M,
+    MIN_DEPTH_M,
+    POSE_DECIMALS,
+    ROOM_HEIGHT_M,
+    ROOM_SIDE_M,
+    TABLE_OBJECT_SIZE_M,
+    Part,
+    build_room,
+    camera_file,
+    camera_pose,
+    camera_targets,
+    raycasting_scene,
+    read_mesh,
+    render,
+    write_png,
+)
+from depthcontrast.errors import DataError, DepthContrastError
+from depthcontrast.io_utils import atomic_path, atomic_write_json
 from depthcontrast.log import progress, setup_logging
 
 log = logging.getLogger("make_builtin_data")
@@ -51,17 +84,7 @@ LICENCE_COPY = "LICENSES/laspy-2.7.0-LICENSE.txt"  # BSD-2 asks redistributions 
 LASPY_VERSION = "2.7.0"
 LASPY_SDIST = f"laspy-{LASPY_VERSION}.tar.gz"
 LASPY_SDIST_SHA256 = "f56feb5445e75d6ff12ee814aab6a35339290e75264ff277c6bf553f3025a3f5"
-CGAL_PACKAGE = "libcgal-demo"
-CGAL_VERSION = "5.5.1-2"
-CGAL_DEB = f"{CGAL_PACKAGE}_{CGAL_VERSION}_all.deb"
-CGAL_DEB_SHA256 = "78b09b23d4d6d1bf15552a1060b419ab3fc09918486462faed197e5fc6ac3735"
-CGAL_DOC_DIR = "./usr/share/doc/libcgal-dev/"  # inside the deb's data.tar.xz
-APT_LOCK_TIMEOUT_S = 300
 LICENCE_LASPY = "BSD-2-Clause (laspy sdist LICENSE.txt; test data shipped in the sdist)"
-LICENCE_CGAL = (
-    "CC0-1.0 (Debian libcgal-dev copyright: files without an explicit notice, e.g. examples and "
-    "their data, are CC0)"
-)
 
 
 @dataclass(frozen=True)
@@ -181,35 +204,10 @@ LAS_SCALE_M = 0.001
 LAS_CREATION_DATE = datetime.date(2026, 1, 1)
 LAS_SOFTWARE = "depthcontrast make_builtin_data"
 
-# ---- indoor scenes -------------------------------------------------------------------------------
+# ---- indoor scenes (the camera, rooms and placement: depthcontrast/data/rooms.py) ---------------------
 SEED = 20261124
 NUM_SCENES = 8
 FRAMES_PER_SCENE = 6
-IMAGE_W, IMAGE_H = 320, 240
-FX = FY = 262.5  # Kinect/Redwood 525 px at half resolution
-CX, CY = 159.5, 119.5
-DEPTH_SCALE = 1000  # PNG units per metre
-MIN_DEPTH_M, MAX_DEPTH_M = 0.3, 8.0  # outside this range the virtual sensor gives no return
-ROOM_SIDE_M = (3.5, 6.0)
-ROOM_HEIGHT_M = (2.4, 2.9)
-SLAB_M = 0.1  # thickness of floor, walls and ceiling boxes
-TABLE_PROBABILITY = 0.75
-TABLE_SIZE_M = ((0.9, 1.6), (0.6, 0.9))
-TABLE_HEIGHT_M = (0.70, 0.78)
-TABLE_TOP_M, TABLE_LEG_M = 0.04, 0.05
-FLOOR_OBJECTS = (3, 5)  # inclusive range of object count on the floor
-TABLE_OBJECTS = (1, 2)
-FLOOR_OBJECT_SIZE_M = (0.4, 0.8)  # largest bounding-box side after scaling
-TABLE_OBJECT_SIZE_M = (0.2, 0.35)
-WALL_MARGIN_M = 0.3
-PLACEMENT_TRIES = 50
-CAMERA_HEIGHT_M = (1.2, 1.8)
-CAMERA_WALL_BAND_M = (0.3, 1.5)  # camera distance from the wall it stands by
-CAMERA_ALONG_WALL = (0.15, 0.85)  # camera position along that wall, as a fraction of its length
-TARGET_ABOVE_BASE_M = 0.2  # cameras aim this far above an object's base
-TARGET_JITTER_M = 0.4
-MIN_VIEW_DISTANCE_M = 1.0  # horizontal distance from the camera to what it aims at
-POSE_DECIMALS = 6
 MESH_UPSTREAM = {  # where CGAL's copies come from, as far as known (the package does not say)
     "bunny": "Stanford Bunny (Stanford 3D Scanning Repository), a closed (hole-filled) version",
     "armadillo": "Stanford Armadillo (Stanford 3D Scanning Repository), a simplified version",
@@ -228,62 +226,23 @@ ALBEDO = {  # simulated colour: per-class albedo x Lambert
     "armadillo": (0.60, 0.62, 0.75),
     "chinese_dragon": (0.75, 0.62, 0.30),
 }
-AMBIENT = 0.25
+ALBEDO_TABLE = np.array([(0.0, 0.0, 0.0)] + [ALBEDO[c] for c in CLASSES[1:]])  # by class id
 
 
 # ==== fetching ====================================================================================
 def fetch_archives(work: Path) -> dict[str, Path]:
     """Download the laspy sdist (pip) and the CGAL deb (apt-get) into `work`; verify their sha256."""
     work.mkdir(parents=True, exist_ok=True)
-    sdist, deb = work / LASPY_SDIST, work / CGAL_DEB
+    sdist = work / LASPY_SDIST
     if not sdist.is_file():
         log.info("pip download %s", LASPY_SDIST)
-        _run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--no-binary",
-                ":all:",
-                f"laspy=={LASPY_VERSION}",
-                "-d",
-                str(work),
-            ],
+        run_command(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+             f"laspy=={LASPY_VERSION}", "-d", str(work)],
             work,
-        )
-    if not deb.is_file():
-        log.info("apt-get download %s=%s", CGAL_PACKAGE, CGAL_VERSION)
-        apt = ["apt-get", "-o", f"DPkg::Lock::Timeout={APT_LOCK_TIMEOUT_S}"]
-        try:
-            _run([*apt, "download", f"{CGAL_PACKAGE}={CGAL_VERSION}"], work)
-        except DownloadError:
-            log.info("apt-get download failed; running apt-get update once and retrying")
-            _run([*apt, "update"], work)
-            _run([*apt, "download", f"{CGAL_PACKAGE}={CGAL_VERSION}"], work)
-    for path, expected in ((sdist, LASPY_SDIST_SHA256), (deb, CGAL_DEB_SHA256)):
-        _check_sha256(path, expected)
-    return {LASPY_SDIST: sdist, CGAL_DEB: deb}
-
-
-def _run(cmd: list[str], cwd: Path) -> None:
-    try:
-        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        raise DownloadError(f"{cmd[0]}: not found; this script needs pip and apt-get (Debian)") from None
-    if proc.returncode != 0:
-        raise DownloadError(f"`{' '.join(cmd)}` failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
-
-
-def _check_sha256(path: Path, expected: str) -> None:
-    if not path.is_file():
-        raise DownloadError(f"{path}: input missing")
-    actual = sha256_file(path)
-    if actual != expected:
-        raise DownloadError(
-            f"{path}: sha256 {actual} differs from the expected {expected}; delete it to fetch again"
-        )
+        )  # fmt: skip
+    check_sha256(sdist, LASPY_SDIST_SHA256)
+    return {LASPY_SDIST: sdist, CGAL_DEB: fetch_cgal_deb(work)}
 
 
 def extract_inputs(archives: dict[str, Path], work: Path) -> dict[str, Path]:
@@ -291,48 +250,23 @@ def extract_inputs(archives: dict[str, Path], work: Path) -> dict[str, Path]:
     out: dict[str, Path] = {}
     with contextlib.ExitStack() as stack:
         sdist = stack.enter_context(tarfile.open(archives[LASPY_SDIST]))
-        deb = stack.enter_context(tarfile.open(fileobj=io.BytesIO(_deb_data_tar(archives[CGAL_DEB]))))
+        deb = stack.enter_context(tarfile.open(fileobj=io.BytesIO(deb_data_tar(archives[CGAL_DEB]))))
         nested = {
             inner: stack.enter_context(
-                tarfile.open(fileobj=io.BytesIO(_read_member(deb, CGAL_DOC_DIR + inner, archives[CGAL_DEB])))
+                tarfile.open(fileobj=io.BytesIO(read_member(deb, CGAL_DOC_DIR + inner, archives[CGAL_DEB])))
             )
             for inner in sorted({spec.inner for spec in INPUTS.values() if spec.inner})
         }
         for key in sorted(INPUTS):
             spec = INPUTS[key]
             archive = nested[spec.inner] if spec.inner else sdist
-            data = _read_member(archive, spec.member, archives[spec.archive])
+            data = read_member(archive, spec.member, archives[spec.archive])
             dest = work / "inputs" / key / Path(spec.member).name
             with atomic_path(dest) as tmp:
                 tmp.write_bytes(data)
-            _check_sha256(dest, spec.sha256)
+            check_sha256(dest, spec.sha256)
             out[key] = dest
     return out
-
-
-def _read_member(archive: tarfile.TarFile, member: str, where: Path) -> bytes:
-    try:
-        handle = archive.extractfile(member)
-    except KeyError:
-        handle = None
-    if handle is None:
-        raise DownloadError(f"{where}: has no file {member}")
-    return handle.read()
-
-
-def _deb_data_tar(deb: Path) -> bytes:
-    """The data.tar.* member of a Debian package (an `ar` archive)."""
-    raw = deb.read_bytes()
-    if not raw.startswith(b"!<arch>\n"):
-        raise DownloadError(f"{deb}: not a Debian package (no ar header)")
-    pos = 8
-    while pos + 60 <= len(raw):
-        name = raw[pos : pos + 16].decode().strip().rstrip("/")
-        size = int(raw[pos + 48 : pos + 58].decode().strip())
-        if name.startswith("data.tar"):
-            return raw[pos + 60 : pos + 60 + size]
-        pos += 60 + size + (size % 2)
-    raise DownloadError(f"{deb}: no data.tar member")
 
 
 # ==== LiDAR ======================================================================================
@@ -460,232 +394,9 @@ def make_lidar(inputs: dict[str, Path], out_dir: Path) -> dict[str, Any]:
 
 
 # ==== indoor scenes ==============================================================================
-@dataclass
-class Part:
-    """One ray-cast geometry: float32 vertices [V, 3], uint32 triangles [F, 3], its class name."""
-
-    vertices: np.ndarray
-    triangles: np.ndarray
-    cls: str
-
-
-def box(lo: np.ndarray, hi: np.ndarray, cls: str) -> Part:
-    """An axis-aligned closed box from corner `lo` to corner `hi`."""
-    corners = np.array([[(hi if (i >> k) & 1 else lo)[k] for k in range(3)] for i in range(8)], np.float32)
-    quads = [(0, 2, 3, 1), (4, 5, 7, 6), (0, 1, 5, 4), (2, 6, 7, 3), (0, 4, 6, 2), (1, 3, 7, 5)]
-    tris = [t for a, b, c, d in quads for t in ((a, b, c), (a, c, d))]
-    return Part(corners, np.array(tris, np.uint32), cls)
-
-
 def load_meshes(inputs: dict[str, Path]) -> dict[str, Part]:
     """The scanned meshes, rotated z-up, centred in x/y, resting on z=0, largest side 1."""
-    meshes = {}
-    for name in sorted(MESH_UP_ROTATION_DEG):
-        mesh = o3d.io.read_triangle_mesh(str(inputs[name]))
-        vertices, triangles = np.asarray(mesh.vertices), np.asarray(mesh.triangles)
-        if len(vertices) == 0 or len(triangles) == 0:
-            raise DataError(f"{inputs[name]}: no triangles read")
-        vertices = vertices @ rotation_x(np.radians(MESH_UP_ROTATION_DEG[name])).T
-        lo, hi = vertices.min(axis=0), vertices.max(axis=0)
-        vertices = (vertices - [(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]]) / (hi - lo).max()
-        meshes[name] = Part(vertices.astype(np.float32), triangles.astype(np.uint32), name)
-    return meshes
-
-
-def rotation_x(angle: float) -> np.ndarray:
-    c, s = np.cos(angle), np.sin(angle)
-    return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
-
-
-def rotation_z(angle: float) -> np.ndarray:
-    c, s = np.cos(angle), np.sin(angle)
-    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
-
-
-@dataclass(frozen=True)
-class Surface:
-    """A horizontal rectangle objects stand on: corner `origin` (x, y), `size` (x, y), at `height`."""
-
-    origin: np.ndarray
-    size: np.ndarray
-    height: float
-
-
-def room_parts(width: float, depth: float, height: float) -> list[Part]:
-    """Floor (top at z=0), ceiling and four walls of a width x depth x height room, as slabs."""
-    s = SLAB_M
-    return [
-        box(np.array([-s, -s, -s]), np.array([width + s, depth + s, 0.0]), "floor"),
-        box(np.array([-s, -s, height]), np.array([width + s, depth + s, height + s]), "ceiling"),
-        box(np.array([-s, -s, 0.0]), np.array([0.0, depth + s, height]), "wall"),
-        box(np.array([width, -s, 0.0]), np.array([width + s, depth + s, height]), "wall"),
-        box(np.array([0.0, -s, 0.0]), np.array([width, 0.0, height]), "wall"),
-        box(np.array([0.0, depth, 0.0]), np.array([width, depth + s, height]), "wall"),
-    ]
-
-
-def table_parts(top: Surface) -> list[Part]:
-    """A table: a slab under `top` and four square legs at its corners."""
-    lo, hi = top.origin, top.origin + top.size
-    parts = [box(np.array([*lo, top.height - TABLE_TOP_M]), np.array([*hi, top.height]), "table")]
-    for corner in ((0, 0), (1, 0), (0, 1), (1, 1)):
-        leg = lo + np.array(corner) * (top.size - TABLE_LEG_M)
-        parts.append(
-            box(np.array([*leg, 0.0]), np.array([*(leg + TABLE_LEG_M), top.height - TABLE_TOP_M]), "table")
-        )
-    return parts
-
-
-def build_room(rng: np.random.Generator, meshes: dict[str, Part]) -> tuple[list[Part], dict[str, Any]]:
-    """A room (floor at z=0, walls, ceiling), maybe a table, and scaled scanned meshes on floor/table."""
-    width, depth = rng.uniform(*ROOM_SIDE_M, size=2)
-    height = rng.uniform(*ROOM_HEIGHT_M)
-    parts = room_parts(width, depth, height)
-    layout: dict[str, Any] = {"room_m": [round(float(v), 3) for v in (width, depth, height)], "objects": []}
-    floor = Surface(np.zeros(2), np.array([width, depth]), 0.0)
-    footprints: list[tuple[np.ndarray, float]] = []  # (centre xy, radius) already taken on the floor
-    table = None
-    if rng.uniform() < TABLE_PROBABILITY:
-        size = np.array([rng.uniform(*TABLE_SIZE_M[0]), rng.uniform(*TABLE_SIZE_M[1])])
-        top_height = rng.uniform(*TABLE_HEIGHT_M)
-        radius = float(np.linalg.norm(size)) / 2
-        centre = place(rng, floor, radius, footprints, WALL_MARGIN_M)
-        if centre is not None:
-            table = Surface(centre - size / 2, size, top_height)
-            parts += table_parts(table)
-            footprints.append((centre, radius))
-            layout["table"] = {
-                "centre_xy": np.round(centre, 3).tolist(),
-                "size_m": np.round(size, 3).tolist(),
-                "height_m": round(top_height, 3),
-            }
-    kinds = balanced_kinds(rng, sorted(meshes), FLOOR_OBJECTS[1] + TABLE_OBJECTS[1])
-    for _ in range(rng.integers(FLOOR_OBJECTS[0], FLOOR_OBJECTS[1] + 1)):
-        add_object(
-            rng, meshes[kinds.pop()], FLOOR_OBJECT_SIZE_M, floor, footprints, WALL_MARGIN_M, parts, layout
-        )
-    if table is not None:
-        on_table: list[tuple[np.ndarray, float]] = []
-        for _ in range(rng.integers(TABLE_OBJECTS[0], TABLE_OBJECTS[1] + 1)):
-            add_object(rng, meshes[kinds.pop()], TABLE_OBJECT_SIZE_M, table, on_table, 0.0, parts, layout)
-    return parts, layout
-
-
-def balanced_kinds(rng: np.random.Generator, names: list[str], count: int) -> list[str]:
-    """`count` mesh kinds drawn as concatenated random permutations, so every kind appears evenly."""
-    kinds: list[str] = []
-    while len(kinds) < count:
-        kinds += [names[i] for i in rng.permutation(len(names))]
-    return kinds[:count]
-
-
-def place(
-    rng: np.random.Generator,
-    surface: Surface,
-    radius: float,
-    taken: list[tuple[np.ndarray, float]],
-    margin: float,
-) -> np.ndarray | None:
-    """A random free xy centre for a disc of `radius` on `surface`, `margin` from its edges; None if none."""
-    lo = surface.origin + margin + radius
-    hi = surface.origin + surface.size - margin - radius
-    if np.any(hi <= lo):
-        return None
-    for _ in range(PLACEMENT_TRIES):
-        centre = rng.uniform(lo, hi)
-        if all(np.linalg.norm(centre - c) >= radius + r for c, r in taken):
-            return centre
-    return None
-
-
-def add_object(
-    rng: np.random.Generator,
-    mesh: Part,
-    size_range: tuple[float, float],
-    surface: Surface,
-    taken: list[tuple[np.ndarray, float]],
-    margin: float,
-    parts: list[Part],
-    layout: dict[str, Any],
-) -> None:
-    """Scale, spin and place one mesh on `surface` if it fits; record it in `parts` and `layout`."""
-    size = rng.uniform(*size_range)
-    yaw = rng.uniform(0, 2 * np.pi)
-    vertices = (mesh.vertices.astype(np.float64) * size) @ rotation_z(yaw).T
-    radius = float(np.linalg.norm(vertices[:, :2], axis=1).max())
-    centre = place(rng, surface, radius, taken, margin)
-    if centre is None:
-        return
-    taken.append((centre, radius))
-    position = np.array([centre[0], centre[1], surface.height])
-    parts.append(Part((vertices + position).astype(np.float32), mesh.triangles, mesh.cls))
-    layout["objects"].append(
-        {
-            "class": mesh.cls,
-            "size_m": round(size, 3),
-            "yaw_rad": round(yaw, 4),
-            "position_m": np.round(position, 3).tolist(),
-        }
-    )
-
-
-def camera_pose(rng: np.random.Generator, room: list[float], targets: list[np.ndarray]) -> np.ndarray:
-    """camera_to_world 4x4 (x right, y down, z forward): eye near a wall at 1.2-1.8 m, aimed at a target."""
-    width, depth, _ = room
-    for _ in range(PLACEMENT_TRIES):
-        band = rng.uniform(*CAMERA_WALL_BAND_M)
-        along = rng.uniform(*CAMERA_ALONG_WALL)
-        xy = [
-            (band, along * depth),
-            (width - band, along * depth),
-            (along * width, band),
-            (along * width, depth - band),
-        ][rng.integers(4)]
-        eye = np.array([*xy, rng.uniform(*CAMERA_HEIGHT_M)])
-        target = targets[rng.integers(len(targets))] + rng.uniform(-TARGET_JITTER_M, TARGET_JITTER_M, 3)
-        if np.linalg.norm(target[:2] - eye[:2]) >= MIN_VIEW_DISTANCE_M:
-            break
-    else:
-        raise DataError(f"no camera pose {MIN_VIEW_DISTANCE_M} m from a target in a {room} m room")
-    forward = (target - eye) / np.linalg.norm(target - eye)
-    right = np.cross(forward, [0.0, 0.0, 1.0])
-    right /= np.linalg.norm(right)
-    down = np.cross(forward, right)
-    pose = np.eye(4)
-    pose[:3, :3] = np.stack([right, down, forward], axis=1)
-    pose[:3, 3] = eye
-    return np.round(pose, POSE_DECIMALS)
-
-
-def pixel_rays() -> np.ndarray:
-    """Camera-frame ray directions [H, W, 3] with z = 1, so a hit distance t is the z-depth."""
-    u, v = np.meshgrid(np.arange(IMAGE_W), np.arange(IMAGE_H))
-    return np.stack([(u - CX) / FX, (v - CY) / FY, np.ones_like(u, dtype=np.float64)], axis=-1)
-
-
-def render(
-    scene: o3d.t.geometry.RaycastingScene, part_classes: np.ndarray, pose: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ray-cast one frame: depth uint16 (mm), label uint8, colour uint8 [H, W, 3]."""
-    dirs = pixel_rays() @ pose[:3, :3].T
-    rays = np.concatenate([np.broadcast_to(pose[:3, 3], dirs.shape), dirs], axis=-1).astype(np.float32)
-    hit = scene.cast_rays(o3d.core.Tensor(rays))
-    t = hit["t_hit"].numpy()
-    valid = np.isfinite(t) & (t >= MIN_DEPTH_M) & (t <= MAX_DEPTH_M)
-    depth = np.where(valid, np.round(np.where(valid, t, 0) * DEPTH_SCALE), 0).astype(np.uint16)
-    ids = hit["geometry_ids"].numpy().astype(np.int64)
-    label = np.where(valid, part_classes[np.where(valid, ids, 0)], 0).astype(np.uint8)
-    albedo = np.array([(0.0, 0.0, 0.0)] + [ALBEDO[c] for c in CLASSES[1:]])[label]
-    unit = dirs / np.linalg.norm(dirs, axis=-1, keepdims=True)
-    lambert = np.abs(np.sum(hit["primitive_normals"].numpy() * unit, axis=-1))
-    colour = albedo * (AMBIENT + (1 - AMBIENT) * np.where(valid, lambert, 0))[..., None]
-    return depth, label, np.round(colour * 255).astype(np.uint8)
-
-
-def write_png(dest: Path, array: np.ndarray) -> None:
-    """Write a PNG (uint16 grey, uint8 grey or uint8 RGB) atomically; PIL adds no timestamp."""
-    with atomic_path(dest) as tmp:
-        Image.fromarray(array).save(tmp, format="PNG", optimize=True)
+    return {name: read_mesh(inputs[name], name, MESH_UP_ROTATION_DEG[name]) for name in sorted(MESH_UP_ROTATION_DEG)}
 
 
 def make_indoor(inputs: dict[str, Path], out_dir: Path) -> dict[str, Any]:
@@ -697,36 +408,20 @@ def make_indoor(inputs: dict[str, Path], out_dir: Path) -> dict[str, Any]:
         name = f"room_{index:02d}"
         rng = np.random.default_rng([SEED, index])
         parts, layout = build_room(rng, meshes)
-        scene = o3d.t.geometry.RaycastingScene()
-        for part in parts:
-            scene.add_triangles(o3d.core.Tensor(part.vertices), o3d.core.Tensor(part.triangles))
+        scene = raycasting_scene(parts)
         part_classes = np.array([CLASS_ID[p.cls] for p in parts])
-        above = np.array([0.0, 0.0, TARGET_ABOVE_BASE_M])
-        targets = [np.array(o["position_m"]) + above for o in layout["objects"]]
-        targets = targets or [np.array([layout["room_m"][0] / 2, layout["room_m"][1] / 2, 0.0]) + above]
+        targets = camera_targets(layout)
         poses, pixels = {}, {}
         for frame_index in range(FRAMES_PER_SCENE):
             frame = f"{frame_index:06d}"
             pose = camera_pose(rng, layout["room_m"], targets)
-            depth, label, colour = render(scene, part_classes, pose)
+            depth, label, colour = render(scene, part_classes, pose, ALBEDO_TABLE)
             for kind, array in (("depth", depth), ("label", label), ("color", colour)):
                 write_png(out_dir / "indoor" / name / kind / f"{frame}.png", array)
             poses[frame] = pose.tolist()
             ids, counts = np.unique(label, return_counts=True)
             pixels[frame] = {CLASSES[i]: int(n) for i, n in zip(ids, counts, strict=True)}
-        atomic_write_json(
-            out_dir / "indoor" / name / "camera.json",
-            {
-                "width": IMAGE_W,
-                "height": IMAGE_H,
-                "fx": FX,
-                "fy": FY,
-                "cx": CX,
-                "cy": CY,
-                "depth_scale": DEPTH_SCALE,
-                "poses": poses,
-            },
-        )
+        atomic_write_json(out_dir / "indoor" / name / "camera.json", camera_file(poses))
         scenes[name] = {**layout, "pixels_per_class": pixels}
         log.info("%s: %d objects, %d frames", name, len(layout["objects"]), FRAMES_PER_SCENE)
     return {

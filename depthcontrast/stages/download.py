@@ -57,6 +57,10 @@ def run_download(dataset: str, source: dict[str, Any], out_dir: Path) -> Manifes
         root_field = str(root)
     elif kind == "http":
         root, files, root_field = out_dir, _fetch(source, out_dir), "."
+    elif kind == "corpus":
+        from depthcontrast.data.sources.corpus import generate_corpus
+
+        root, files, root_field = out_dir, generate_corpus(source, out_dir), "."
     elif kind in OFFICIAL_KINDS:
         root, files, root_field = _official(kind, source, out_dir)
     else:  # the schema makes this unreachable
