@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import io
 import logging
 import shutil
@@ -27,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import laspy
 import numpy as np
 from plyfile import PlyData
 
@@ -42,6 +40,20 @@ from depthcontrast.data.cgal_data import (
     fetch_cgal_deb,
     read_member,
     run_command,
+)
+from depthcontrast.data.lidar_tiles import (
+    ASPRS_GROUND,
+    ASPRS_UNCLASSIFIED,
+    LAS_POINT_FORMAT,
+    LAS_SCALE_M,
+    LAS_VERSION,
+    LOW_Z_PERCENTILE,
+    MIN_CROP_POINTS,
+    MIN_GROUND_POINTS,
+    Cloud,
+    ground_z,
+    read_las,
+    write_laz,
 )
 from depthcontrast.data.manifest import Manifest, describe_files, write_manifest
 from depthcontrast.data.rooms import (
@@ -193,16 +205,8 @@ LIDAR_CROP_SIZE_M = {
     "cgal_urban": 100.0,
     "cgal_b9": 50.0,
 }
-MIN_CROP_POINTS = 3000
-MIN_GROUND_POINTS = 50  # fewer ground-class points than this: z origin from a low percentile instead
-LOW_Z_PERCENTILE = 1.0
-ASPRS_UNCLASSIFIED, ASPRS_GROUND = 1, 2
 # CGAL's b9 training labels (example_ethz_random_forest.cpp: ground, vegetation, roof; -1 unlabelled).
 B9_LABEL_TO_ASPRS = {-1: ASPRS_UNCLASSIFIED, 0: ASPRS_GROUND, 1: 5, 2: 6}  # 5 high vegetation, 6 building
-LAS_VERSION, LAS_POINT_FORMAT = "1.4", 6  # format 6: 8-bit classification (append-bug uses code 65)
-LAS_SCALE_M = 0.001
-LAS_CREATION_DATE = datetime.date(2026, 1, 1)
-LAS_SOFTWARE = "depthcontrast make_builtin_data"
 
 # ---- indoor scenes (the camera, rooms and placement: depthcontrast/data/rooms.py) ---------------------
 SEED = 20261124
@@ -270,25 +274,6 @@ def extract_inputs(archives: dict[str, Path], work: Path) -> dict[str, Path]:
 
 
 # ==== LiDAR ======================================================================================
-@dataclass
-class Cloud:
-    """A LiDAR tile: xyz float64 [N, 3], intensity uint16 [N] or None, ASPRS classes uint8 [N]."""
-
-    xyz: np.ndarray
-    intensity: np.ndarray | None
-    classification: np.ndarray
-
-
-def read_las(path: Path) -> Cloud:
-    """Read a LAS/LAZ tile's xyz, intensity and classification."""
-    try:
-        las = laspy.read(path)
-    except (laspy.LaspyException, OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable LAS/LAZ ({exc})") from None
-    xyz = np.stack([np.asarray(las.x), np.asarray(las.y), np.asarray(las.z)], axis=1)
-    return Cloud(xyz, np.asarray(las.intensity, dtype=np.uint16), np.asarray(las.classification, np.uint8))
-
-
 def read_b9_ply(path: Path) -> Cloud:
     """Read CGAL's b9_training.ply; map its labels to ASPRS codes (B9_LABEL_TO_ASPRS). RGB is dropped:
     it only encodes the label colour."""
@@ -318,10 +303,7 @@ def crop_tile(name: str, cloud: Cloud, size: float, out_dir: Path) -> list[dict[
             log.info("%s crop %d,%d: %d points < %d, dropped", name, ix, iy, mask.sum(), MIN_CROP_POINTS)
             continue
         xyz, classes = cloud.xyz[mask], cloud.classification[mask]
-        ground = xyz[classes == ASPRS_GROUND, 2]
-        enough_ground = ground.size >= MIN_GROUND_POINTS
-        z0 = np.median(ground) if enough_ground else np.percentile(xyz[:, 2], LOW_Z_PERCENTILE)
-        origin = np.round([x0 + (ix + 0.5) * size, y0 + (iy + 0.5) * size, z0], 3)
+        origin = np.round([x0 + (ix + 0.5) * size, y0 + (iy + 0.5) * size, ground_z(xyz, classes)], 3)
         rel = f"lidar/{name}_{ix}_{iy}.laz"
         intensity = None if cloud.intensity is None else cloud.intensity[mask]
         write_laz(out_dir / rel, xyz - origin, intensity, classes)
@@ -337,23 +319,6 @@ def crop_tile(name: str, cloud: Cloud, size: float, out_dir: Path) -> list[dict[
             }
         )
     return crops
-
-
-def write_laz(dest: Path, xyz: np.ndarray, intensity: np.ndarray | None, classes: np.ndarray) -> None:
-    """Write a LAS 1.4 / point format 6 LAZ with fixed header metadata (byte-reproducible)."""
-    header = laspy.LasHeader(version=LAS_VERSION, point_format=LAS_POINT_FORMAT)
-    header.scales = np.full(3, LAS_SCALE_M)
-    header.offsets = np.zeros(3)
-    header.creation_date = LAS_CREATION_DATE
-    header.generating_software = LAS_SOFTWARE
-    header.system_identifier = LAS_SOFTWARE
-    las = laspy.LasData(header)
-    las.x, las.y, las.z = xyz[:, 0], xyz[:, 1], xyz[:, 2]
-    if intensity is not None:
-        las.intensity = intensity
-    las.classification = classes
-    with atomic_path(dest) as tmp, open(tmp, "wb") as handle:
-        las.write(handle, do_compress=True)
 
 
 def make_lidar(inputs: dict[str, Path], out_dir: Path) -> dict[str, Any]:

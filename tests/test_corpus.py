@@ -1,4 +1,5 @@
-"""The opt-in pretraining corpus (source kind `corpus`) on a tiny subset: two small meshes, a few rooms.
+"""The opt-in pretraining corpus (source kind `corpus`) on a tiny subset: two small meshes and a few rooms, and a
+few LiDAR crops of the built-in tiles.
 
 The real mesh package is never fetched here: `write_corpus` gets mesh files written by the test, the part of
 the source that runs after the package is fetched and its meshes checked.
@@ -6,19 +7,24 @@ the source that runs after the package is fetched and its meshes checked.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import open3d as o3d
 import pytest
+import yaml
 
 from depthcontrast.config import validate_config
 from depthcontrast.data.cgal_data import CORPUS_MESHES
+from depthcontrast.data.lidar_tiles import MIN_CROP_POINTS
 from depthcontrast.data.shards import read_index
-from depthcontrast.data.sources.corpus import PROVENANCE_FILE, write_corpus
+from depthcontrast.data.sources.builtin import BUILTIN_DIR
+from depthcontrast.data.sources.corpus import PROVENANCE_FILE, write_corpus, write_lidar_corpus
 from depthcontrast.errors import ConfigError
 from depthcontrast.io_utils import sha256_file
 from tests.test_preprocess import download_and_preprocess
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 EVALUATION_MESHES = {"bunny", "armadillo", "chinese_dragon"}  # the built-in indoor data's objects
 
 
@@ -70,3 +76,18 @@ def test_the_schema_takes_a_corpus_source_and_names_a_mesh_it_does_not_know() ->
     assert not EVALUATION_MESHES & set(CORPUS_MESHES)
     with pytest.raises(ConfigError, match="teapot"):
         corpus_source(meshes=["teapot"])
+
+
+def test_lidar_crops_are_the_same_bytes_every_time_and_keep_out_of_the_evaluation_test_tiles(tmp_path: Path) -> None:
+    source = corpus_source(subset="lidar", crops=4)
+    files = write_lidar_corpus(source, BUILTIN_DIR, tmp_path / "a")
+    write_lidar_corpus(source, BUILTIN_DIR, tmp_path / "b")
+    assert sorted(files) == sorted(hashes(tmp_path / "a")) and hashes(tmp_path / "a") == hashes(tmp_path / "b")
+    crops = json.loads((tmp_path / "a" / PROVENANCE_FILE).read_text())["crops"]
+    tasks = yaml.safe_load((REPO_ROOT / "config.yaml").read_text())["evaluate"]["tasks"]
+    test_tiles = {tile for task in tasks.values() if task["dataset"] == "demo_lidar" for tile in task["test_groups"]}
+    assert test_tiles and not test_tiles & set(source["tiles"])
+    assert {crop["tile"] for crop in crops.values()} <= set(source["tiles"])
+    assert all(crop["points"] >= MIN_CROP_POINTS for crop in crops.values())
+    shards = download_and_preprocess(tmp_path / "a", tmp_path / "work")
+    assert read_index(shards).num_samples == 4
