@@ -34,6 +34,7 @@ from depthcontrast.train import Trainer
 
 # first match wins: (category, regex over the CUDA kernel's name)
 CATEGORIES = (
+    ("sparse conv (spconv, MinkowskiEngine)", r"spconv|tv::|cumm|implicit_gemm|[Ii]ndice|minkowski|Minkowski"),
     ("FPS", r"_fps_kernel|furthest|farthest"),
     ("ball query", r"_ball_query_kernel|ball_query"),
     ("FP interpolation (three_nn + weights)", r"three_nn|topk|bitonic|sort|radix"),
@@ -87,22 +88,27 @@ def main() -> None:
         run = run_settings(args.scale, args.precision, args.batch, args.points, args.workers, args.compile == "on")
         trainer = Trainer("bench", run, [shards], Path(tmp) / "out", WorldInfo(0, 1, 0, None), "cuda")
         prof = profiled_steps(trainer, args.steps, args.warmup)
+    print_profile(prof, args.steps, args.top, f"PointNet++ {args.scale}x {args.precision}, batch {args.batch} x "
+                  f"{args.points} points/view")  # fmt: skip
+
+
+def print_profile(prof: profile, steps: int, top: int, what: str) -> None:
+    """The profile's GPU kernel time per step by category, and its top kernels, as markdown tables."""
     kernels: dict[str, float] = defaultdict(float)
     for event in prof.key_averages():
         if event.device_type == torch.autograd.DeviceType.CUDA and event.self_device_time_total > 0:
-            kernels[event.key] += event.self_device_time_total / 1000 / args.steps  # ms per step
+            kernels[event.key] += event.self_device_time_total / 1000 / steps  # ms per step
     total = sum(kernels.values())
     by_category: dict[str, float] = defaultdict(float)
     for name, ms in kernels.items():
         by_category[category(name)] += ms
-    print(f"# {datetime.date.today()} {torch.cuda.get_device_name()} | torch {torch.__version__} | PointNet++ "
-          f"{args.scale}x {args.precision}, batch {args.batch} x {args.points} points/view, {args.steps} profiled "
-          f"steps | GPU kernel time {total:.1f} ms per step")  # fmt: skip
+    print(f"# {datetime.date.today()} {torch.cuda.get_device_name()} | torch {torch.__version__} | {what}, "
+          f"{steps} profiled steps | GPU kernel time {total:.1f} ms per step")  # fmt: skip
     print("| category | ms per step | share |\n|---|---|---|")
     for label, ms in sorted(by_category.items(), key=lambda item: -item[1]):
         print(f"| {label} | {ms:.1f} | {100 * ms / total:.1f}% |")
-    print(f"\n| top {args.top} kernels | category | ms per step |\n|---|---|---|")
-    for name, ms in sorted(kernels.items(), key=lambda item: -item[1])[: args.top]:
+    print(f"\n| top {top} kernels | category | ms per step |\n|---|---|---|")
+    for name, ms in sorted(kernels.items(), key=lambda item: -item[1])[:top]:
         print(f"| `{name[:90]}` | {category(name)} | {ms:.2f} |")
 
 
