@@ -69,16 +69,21 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
 def cmd_download(args: argparse.Namespace) -> None:
     from depthcontrast.stages.download import run_download
+    from depthcontrast.stages.kicad import run_kicad_download
 
-    run_download(args.dataset, _block(args, "datasets", args.dataset, "source"), _out(args, "raw", args.dataset))
+    source = _block(args, "datasets", args.dataset, "source")
+    download = run_kicad_download if source["kind"] == "kicad" else run_download
+    download(args.dataset, source, _out(args, "raw", args.dataset))
 
 
 def cmd_preprocess(args: argparse.Namespace) -> None:
+    from depthcontrast.stages.kicad import run_kicad_preprocess
     from depthcontrast.stages.preprocess import run_preprocess
 
     manifest = Path(args.manifest or Path(args.results) / "raw" / args.dataset / "MANIFEST.json")
     dataset = _block(args, "datasets", args.dataset)
-    summary = run_preprocess(args.dataset, dataset, manifest, _out(args, "shards", args.dataset), workers=args.workers)
+    preprocess = run_kicad_preprocess if dataset["source"]["kind"] == "kicad" else run_preprocess
+    summary = preprocess(args.dataset, dataset, manifest, _out(args, "shards", args.dataset), workers=args.workers)
     print(json.dumps(summary, sort_keys=True))
 
 

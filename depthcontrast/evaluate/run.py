@@ -14,9 +14,18 @@ import torch
 
 from depthcontrast.errors import ConfigError, DataError
 from depthcontrast.evaluate.backbone import CheckpointBackbone, backbone_from_checkpoint
+from depthcontrast.evaluate.classification import run_classification
 from depthcontrast.evaluate.metrics import NOISE_RULE, segmentation_scores, summarise
 from depthcontrast.evaluate.protocols import Clouds, finetune, linear_probe, resample
-from depthcontrast.evaluate.tasks import IGNORE_LABEL, Split, TaskKind, load_samples, split_by_group, task_kind
+from depthcontrast.evaluate.tasks import (
+    IGNORE_LABEL,
+    OBJECT_CLASSIFICATION,
+    Split,
+    TaskKind,
+    load_samples,
+    split_by_group,
+    task_kind,
+)
 from depthcontrast.io_utils import atomic_path, atomic_write_json, sha256_file
 from depthcontrast.specs import EvaluateSpec, EvaluateTask
 
@@ -98,6 +107,8 @@ def run_evaluation(
     holds: per protocol, per init the per-seed scores and mean/std of miou and accuracy, and
     `pretrained_minus_scratch` with a `within_noise` flag (metrics.NOISE_RULE).
     """
+    if task_block["kind"] == OBJECT_CLASSIFICATION:  # one class per object: frozen global features, a linear classifier
+        return run_classification(task_name, task_block, settings_block, shard_dir, checkpoint, out_dir)
     started = time.monotonic()
     task, settings = EvaluateTask.from_block(task_block), EvaluateSpec.from_block(settings_block)
     shard_dir, checkpoint, out_dir = Path(shard_dir), Path(checkpoint), Path(out_dir)

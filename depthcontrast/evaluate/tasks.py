@@ -116,6 +116,7 @@ TASK_KINDS = {
     "lidar_segmentation": TaskKind(LIDAR_CLASSES, merge_lidar_labels, lidar_tile, "tile"),
     "indoor_segmentation": TaskKind(INDOOR_CLASSES, merge_indoor_labels, indoor_room, "room"),
 }
+OBJECT_CLASSIFICATION = "object_classification"  # one class per sample, its own protocol: evaluate/classification.py
 
 
 @dataclass
@@ -152,7 +153,8 @@ class Split:
 def task_kind(name: str) -> TaskKind:
     """The TaskKind called `name`, or DataError listing the known ones."""
     if name not in TASK_KINDS:
-        raise DataError(f"unknown evaluation task kind {name!r} (known: {', '.join(TASK_KINDS)})")
+        known = ", ".join([*TASK_KINDS, OBJECT_CLASSIFICATION])
+        raise DataError(f"unknown evaluation task kind {name!r} (known: {known})")
     return TASK_KINDS[name]
 
 
