@@ -35,6 +35,7 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.signal: int | None = None
+        self._group: dist.ProcessGroup | None = None
         self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
 
     def _handle(self, signum: int, _frame: Any) -> None:
@@ -45,15 +46,28 @@ class StopFlag:
             log.warning("interrupted (SIGINT): checkpointing after this step; Ctrl-C again aborts at once, "
                         "without a checkpoint")  # fmt: skip
 
-    def agreed(self, device: torch.device, world: WorldInfo) -> int:
+    def agreed(self, world: WorldInfo) -> int:
         """The exit code every rank stops with, as soon as any rank was signalled (0: go on): EXIT_REQUEUE if
-        any rank got SIGTERM/SIGUSR1, else EXIT_INTERRUPTED."""
+        any rank got SIGTERM/SIGUSR1, else EXIT_INTERRUPTED.
+
+        The ranks agree through a CPU (gloo) group, so asking never waits for the GPU: the step's kernels run on
+        while the next batch is fetched. With one process nothing is exchanged."""
         codes = (0, EXIT_INTERRUPTED, EXIT_REQUEUE)
         mine = 0 if self.signal is None else 1 if self.signal == signal.SIGINT else 2
-        raised = torch.tensor([mine], device=device)
-        if world.distributed:
-            dist.all_reduce(raised, op=dist.ReduceOp.MAX)
+        if not world.distributed:
+            return codes[mine]
+        raised = torch.tensor([mine])
+        dist.all_reduce(raised, op=dist.ReduceOp.MAX, group=self._cpu_group())
         return codes[int(raised.item())]
+
+    def _cpu_group(self) -> dist.ProcessGroup | None:
+        """A gloo group of every rank (made on the first call, which every rank makes at the same step); None
+        (the default group) when that is gloo already."""
+        if dist.get_backend() == dist.Backend.GLOO:
+            return None
+        if self._group is None:
+            self._group = dist.new_group(backend=dist.Backend.GLOO)
+        return self._group
 
     def ignore(self) -> None:
         """From now on every stop signal is ignored (while the trainer ends its DataLoader workers)."""

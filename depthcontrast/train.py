@@ -320,7 +320,7 @@ class Trainer:
                 bar.update()
                 if self.global_step % run.log_every_steps == 0 or self.batch == steps:
                     self._log_step(loss, terms, lr, data_s, tick)
-                code = stop.agreed(self.device, self.world)
+                code = stop.agreed(self.world)
                 if code:
                     self.save(self.resume_dir / "last.pth")
                     return code
