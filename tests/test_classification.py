@@ -8,6 +8,7 @@ import io
 import json
 import lzma
 import tarfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from depthcontrast.evaluate.classification import (
     classification_scores,
     fit_linear,
     global_features,
+    held_out_groups,
     object_class,
     split_objects,
 )
@@ -367,11 +369,22 @@ def test_split_puts_every_variant_group_on_one_side_and_every_class_on_both(shar
     assert not set(split.train.groups) & set(split.test.groups)
     assert len(split.train) + len(split.test) == len(samples)
     for name in classes:
-        assert any(object_class(i) == name for i in split.test.sample_ids)
-        assert any(object_class(i) == name for i in split.train.sample_ids)
+        test_models = sum(object_class(i) == name for i in split.test.sample_ids)
+        assert test_models and any(object_class(i) == name for i in split.train.sample_ids)
+        smallest = min(Counter(g for g in samples.groups if g.startswith(f"{name}/")).values())
+        assert test_models <= max(task.test_fraction * 6, smallest)  # every fixture class has 6 models
     # the groups re-derived from the model names by the documented rule, independently of the split's own labels
     by_rule = {i: f"{object_class(i)}/{i.rsplit('/', 1)[1].split('_')[0]}" for i in samples.sample_ids}
     assert not {by_rule[i] for i in split.train.sample_ids} & {by_rule[i] for i in split.test.sample_ids}
+
+
+def test_held_out_groups_fit_the_test_share_and_pass_over_a_group_that_overshoots():
+    sizes = {"big": 80, "a": 10, "b": 6, "c": 4}
+    for seed in range(20):
+        held = held_out_groups(sizes, 30, np.random.default_rng(seed))
+        assert "big" not in held and 10 <= sum(sizes[g] for g in held) <= 30
+    assert held_out_groups({"big": 80, "small": 40}, 30, np.random.default_rng(0)) == {"small"}
+    assert held_out_groups({"only": 5}, 2, np.random.default_rng(0)) == set()
 
 
 def test_classes_below_min_models_or_unknown_are_left_out_or_refused(shards: Path):

@@ -5,9 +5,9 @@ objects of a `kicad` dataset (one class per object: its library, docs/CLASSIFICA
 
 1. classes: those named in the task, else every class with at least `min_models` models and two variant groups
    (a class of one group cannot be split); at most `max_models` models per class (a seeded subset).
-2. split: per class, its variant groups in a seeded order go to test until `test_fraction` of its models are
-   there (at least one group each side): a group, the sizes/pitches/pin counts of one package, is never on both
-   sides.
+2. split: per class, its variant groups in a seeded order go to test while they fit within `test_fraction` of its
+   models (a group that would overshoot is passed over; if none fits, the smallest goes), at least one group on
+   each side: a group, the sizes/pitches/pin counts of one package, is never on both sides.
 3. per init (pretrained, scratch) and seed: the frozen backbone (eval mode) encodes each object's `evaluate.points`
    points (train: a resampling seeded by the seed; test: one resampling shared by all); the global feature is the
    max over its fp2 points of their features; features are standardised with the training mean and std.
@@ -120,6 +120,21 @@ def choose_classes(samples: Samples, task: ClassificationTask, source: str) -> l
     return kept
 
 
+def held_out_groups(sizes: Mapping[str, int], target: float, rng: np.random.Generator) -> set[str]:
+    """The test groups of one class (group → models): in a seeded order, each group that still fits within
+    `target` models; if none fits, the smallest (first by name on a tie). Never every group."""
+    names = sorted(sizes)
+    held: set[str] = set()
+    total = 0
+    for group in (names[k] for k in rng.permutation(len(names))):
+        if total + sizes[group] <= target and len(held) < len(names) - 1:
+            held.add(group)
+            total += sizes[group]
+    if not held and len(names) > 1:
+        held.add(min(names, key=lambda name: (sizes[name], name)))
+    return held
+
+
 def split_objects(samples: Samples, classes: Sequence[str], task: ClassificationTask) -> Split:
     """The objects of `classes` (max_models each), whole variant groups to test per class (module docstring)."""
     train, test = [], []
@@ -129,12 +144,7 @@ def split_objects(samples: Samples, classes: Sequence[str], task: Classification
         if task.max_models is not None and len(members) > task.max_models:
             members = sorted(rng.choice(members, task.max_models, replace=False).tolist())
         sizes = Counter(samples.groups[i] for i in members)
-        order = [sorted(sizes)[k] for k in rng.permutation(len(sizes))]
-        held: set[str] = set()
-        for group in order[:-1]:  # the last group always trains
-            if sum(sizes[g] for g in held) >= task.test_fraction * len(members):
-                break
-            held.add(group)
+        held = held_out_groups(sizes, task.test_fraction * len(members), rng)
         test += [i for i in members if samples.groups[i] in held]
         train += [i for i in members if samples.groups[i] not in held]
     split = Split(_subset(samples, sorted(train)), _subset(samples, sorted(test)))
