@@ -223,3 +223,18 @@ def test_pointnet2_forward_with_triton_ops_matches_forced_torch_ops() -> None:
         assert torch.equal(got[key], expected[key]), key
     assert got["fp2_features"].shape == (2, 512, 1024)
     torch.testing.assert_close(got["fp2_features"], expected["fp2_features"], atol=FORWARD_TOL, rtol=FORWARD_TOL)
+
+
+def test_group_float32_gathers_the_same_values_and_sums_bf16_gradients_in_float32() -> None:
+    generator = torch.Generator().manual_seed(0)
+    feats = torch.randn(2, 8, 50, generator=generator).to(torch.bfloat16).requires_grad_()
+    idx = torch.randint(0, 50, (2, 10, 16), generator=generator)
+    out = ops.group_float32(feats, idx)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, ops.group(feats, idx))
+    grad = torch.randn(out.shape, generator=generator).to(torch.bfloat16)
+    out.backward(grad)
+    flat = idx.reshape(2, 1, -1).expand(2, 8, -1)
+    want = torch.zeros(2, 8, 50).scatter_add_(2, flat, grad.float().reshape(2, 8, -1)).to(torch.bfloat16)
+    assert torch.equal(feats.grad, want)
+    fp64 = torch.randn(2, 8, 50, dtype=torch.float64)
+    assert ops.group_float32(fp64, idx).dtype == torch.float64  # wider features are gathered as they are

@@ -154,11 +154,13 @@ def group(features: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def group_float32(features: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """`group` with the gather done in float32, the result in the features' dtype.
+    """`group` with the gather done in at least float32, the result in the features' dtype.
 
-    The same values; what changes is the backward, a scatter-add onto the N points: in float32 it is one native
-    atomic add per element (and exact to float32), in bfloat16 a compare-and-swap loop that rounds every add.
+    The same values; what changes for bf16 or fp16 features is the backward, a scatter-add onto the N points: in
+    float32 it is one native atomic add per element, in bfloat16 a compare-and-swap loop that rounds every add.
     """
+    if features.dtype not in (torch.bfloat16, torch.float16):
+        return group(features, idx)
     return group(features.float(), idx).to(features.dtype)
 
 
