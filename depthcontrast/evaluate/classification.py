@@ -39,6 +39,7 @@ from depthcontrast.evaluate.metrics import NOISE_RULE, compare, confusion_matrix
 from depthcontrast.evaluate.protocols import STANDARDISE_EPS, backbone_features, resample
 from depthcontrast.evaluate.tasks import OBJECT_CLASSIFICATION, Samples, Split, TaskKind, load_samples
 from depthcontrast.io_utils import atomic_write_json, sha256_file
+from depthcontrast.log import progress
 from depthcontrast.specs import EvaluateSpec
 
 log = logging.getLogger(__name__)
@@ -152,10 +153,16 @@ def split_objects(samples: Samples, classes: Sequence[str], task: Classification
     return split
 
 
-def global_features(backbone: torch.nn.Module, xyz: np.ndarray, batch_size: int, device: torch.device) -> torch.Tensor:
+def global_features(
+    backbone: torch.nn.Module, xyz: np.ndarray, batch_size: int, device: torch.device, desc: str = "encode"
+) -> torch.Tensor:
     """Frozen global features [N, C]: the max over each cloud's fp2 points of their features."""
-    features, _ = backbone_features(backbone, xyz, batch_size, device)
-    return features.amax(dim=2)
+    starts = range(0, len(xyz), batch_size)
+    pooled = [
+        backbone_features(backbone, xyz[start : start + batch_size], batch_size, device)[0].amax(dim=2)
+        for start in progress(starts, desc=desc, total=len(starts), unit="batch")
+    ]
+    return torch.cat(pooled)
 
 
 def fit_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, iterations: int) -> torch.nn.Linear:
@@ -204,10 +211,11 @@ def linear_global(
     num_classes: int,
     task: ClassificationTask,
     device: torch.device,
+    desc: str = "encode",
 ) -> np.ndarray:
     """The protocol for one backbone: frozen global features, standardised, a linear classifier; test confusion."""
-    train_x = global_features(backbone, train_xyz, task.batch_size, device).double()
-    test_x = global_features(backbone, test_xyz, task.batch_size, device).double()
+    train_x = global_features(backbone, train_xyz, task.batch_size, device, f"{desc} train").double()
+    test_x = global_features(backbone, test_xyz, task.batch_size, device, f"{desc} test").double()
     mean, std = train_x.mean(dim=0), train_x.std(dim=0) + STANDARDISE_EPS
     classifier = fit_linear((train_x - mean) / std, torch.from_numpy(train_y), num_classes, task.l2, task.iterations)
     with torch.no_grad():
@@ -288,7 +296,8 @@ def run_classification(
             torch.manual_seed(seed)
             backbone = backbone_of.build(pretrained=init == "pretrained").to(device)
             train_xyz = resample(split.train, settings.points, np.random.default_rng(seed)).xyz
-            confusion = linear_global(backbone, train_xyz, train_y, test_xyz, test_y, len(classes), task, device)
+            desc = f"{task_name} {init} seed {seed}"
+            confusion = linear_global(backbone, train_xyz, train_y, test_xyz, test_y, len(classes), task, device, desc)
             scores = classification_scores(confusion, classes) | {"confusion": confusion.tolist()}
             runs[init][str(seed)] = scores
             log.info(
