@@ -17,7 +17,7 @@ from depthcontrast.errors import DataError
 from depthcontrast.evaluate import run_evaluation
 from depthcontrast.evaluate.backbone import backbone_from_checkpoint
 from depthcontrast.evaluate.metrics import compare, confusion_matrix, segmentation_scores
-from depthcontrast.evaluate.protocols import backbone_features, resample
+from depthcontrast.evaluate.protocols import backbone_features, estimate_bn_statistics, linear_probe, resample
 from depthcontrast.evaluate.tasks import (
     IGNORE_LABEL,
     LIDAR_CLASSES,
@@ -32,7 +32,7 @@ from depthcontrast.evaluate.tasks import (
     task_kind,
 )
 from depthcontrast.models.pointnet2 import PointNet2SSG
-from depthcontrast.specs import parse_run
+from depthcontrast.specs import TrainSettings, parse_run
 from depthcontrast.train import build_model
 from tests.conftest import run_cli
 
@@ -174,6 +174,74 @@ def test_pretrained_features_are_the_checkpoint_encoders_and_scratch_ones_differ
     torch.manual_seed(0)
     scratch, _ = backbone_features(spec.build(pretrained=False), xyz, 4, torch.device("cpu"))
     assert not torch.allclose(scratch, pretrained, atol=1e-3)
+
+
+def _batch_norms(module: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
+    return [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def test_estimated_batchnorm_statistics_are_the_mean_of_each_batchs_statistics(shards: Path, checkpoint):
+    backbone = backbone_from_checkpoint(checkpoint[0]).build(pretrained=True)
+    clouds = resample(load_samples(shards / "demo_indoor", task_kind("indoor_segmentation")), 256,
+                      np.random.default_rng(0))  # fmt: skip
+    xyz, batch_size = clouds.xyz[:10], 4  # batches of 4, 4 and 2 clouds
+    norms = _batch_norms(backbone)
+    weights = {k: v.clone() for k, v in backbone.state_dict().items() if "running" not in k and "batches" not in k}
+    seen: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {i: [] for i in range(len(norms))}
+
+    def record(i: int):
+        def hook(module, inputs, output):  # the batch statistics this layer normalises with, in float64
+            x = inputs[0].double().transpose(0, 1).reshape(module.num_features, -1)
+            seen[i].append((x.mean(dim=1), x.var(dim=1, unbiased=True)))
+
+        return hook
+
+    reference = backbone_from_checkpoint(checkpoint[0]).build(pretrained=True).train()
+    handles = [norm.register_forward_hook(record(i)) for i, norm in enumerate(_batch_norms(reference))]
+    with torch.no_grad():
+        for start in range(0, len(xyz), batch_size):
+            reference(torch.from_numpy(xyz[start : start + batch_size]))
+    for handle in handles:
+        handle.remove()
+
+    estimate_bn_statistics(backbone, xyz, batch_size, torch.device("cpu"))
+    assert not backbone.training
+    for i, norm in enumerate(norms):
+        means, variances = zip(*seen[i], strict=True)
+        torch.testing.assert_close(norm.running_mean.double(), torch.stack(means).mean(0), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(norm.running_var.double(), torch.stack(variances).mean(0), rtol=1e-4, atol=1e-5)
+        assert norm.momentum == 0.1  # restored
+    for key, value in backbone.state_dict().items():
+        if key in weights:
+            assert torch.equal(value, weights[key]), key
+
+
+def test_the_linear_probe_reads_neither_the_loaded_nor_the_initial_batchnorm_statistics(shards: Path, checkpoint):
+    """Both inits are normalised by the training clouds' statistics: a backbone's loaded statistics (a checkpoint's
+    from augmented pretraining views, a random init's 0 / 1) do not change the probe; "loaded" keeps them."""
+    kind = task_kind("indoor_segmentation")
+    split = split_by_group(load_samples(shards / "demo_indoor", kind), INDOOR_TEST_ROOMS, "room", source="test")
+    train = resample(split.train, 256, np.random.default_rng(0))
+    test = resample(split.test, 256, np.random.default_rng(1))
+    settings = TrainSettings(epochs=2, lr=0.01, batch_size=8, momentum=0.9, weight_decay=0.0)
+    cpu, classes = torch.device("cpu"), len(kind.classes)
+    torch.manual_seed(0)
+    backbone = backbone_from_checkpoint(checkpoint[0]).build(pretrained=False)
+    skewed = backbone_from_checkpoint(checkpoint[0]).build(pretrained=False)
+    skewed.load_state_dict(backbone.state_dict())
+    for norm in _batch_norms(skewed):  # statistics of some other data
+        norm.running_mean.add_(3.0)
+        norm.running_var.mul_(50.0)
+    before = {k: v.clone() for k, v in skewed.state_dict().items()}
+
+    probe = linear_probe(backbone, train, test, classes, settings, seed=0, device=cpu)
+    assert np.array_equal(linear_probe(skewed, train, test, classes, settings, seed=0, device=cpu), probe)
+    assert all(torch.equal(v, before[k]) for k, v in skewed.state_dict().items())  # the caller's copy is untouched
+    as_loaded = linear_probe(backbone, train, test, classes, settings, seed=0, device=cpu, bn_statistics="loaded")
+    skewed_as_loaded = linear_probe(skewed, train, test, classes, settings, 0, cpu, bn_statistics="loaded")
+    assert not np.array_equal(as_loaded, skewed_as_loaded)
+    with pytest.raises(ValueError, match="bn_statistics must be one of"):
+        linear_probe(backbone, train, test, classes, settings, 0, cpu, bn_statistics="batch")
 
 
 def test_metrics_json_holds_seeds_mean_std_difference_and_noise_flag(shards: Path, checkpoint, tmp_path: Path):

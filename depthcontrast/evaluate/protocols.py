@@ -4,9 +4,13 @@ Both score per-point predictions at the backbone's fp2 points (`fp2_inds` index 
 the label of each fp2 point is the label of the input point it sits on): PointNet++ SSG's fp2 level,
 or every input point for PointNet-MSG, whose final features are per input point.
 
-- linear: the backbone is frozen (eval mode, its BatchNorm statistics as loaded); fp2 features of one
-  seeded resampling per training cloud are computed once, standardised with the training features'
-  mean and std, and a linear classifier is trained on them with SGD.
+- linear: the backbone is frozen; its BatchNorm statistics are first estimated on the probe's training
+  clouds (nothing else changes), then fp2 features of one seeded resampling per training cloud are
+  computed once in eval mode, standardised with the training features' mean and std, and a linear
+  classifier is trained on them with SGD. Both inits are thus normalised by the statistics of the same
+  clouds: the pretrained backbone is not read with the statistics of augmented pretraining views, nor the
+  random init with its initial mean 0 / variance 1, i.e. without any normalisation (docs/PROBE_DIAGNOSIS.md).
+  `bn_statistics="loaded"` keeps the statistics as loaded instead.
 - finetune: backbone + a 1x1-conv classifier trained end to end with SGD, the training clouds
   resampled afresh every epoch; the backbone's BatchNorm runs in training mode.
 
@@ -16,6 +20,7 @@ the test clouds use one resampling shared by every protocol, init and seed.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -29,6 +34,7 @@ from depthcontrast.evaluate.tasks import IGNORE_LABEL, Samples
 from depthcontrast.specs import TrainSettings
 
 STANDARDISE_EPS = 1e-6
+BN_STATISTICS = ("train_clouds", "loaded")  # linear probe: BatchNorm statistics of the training clouds, or as loaded
 
 
 @dataclass
@@ -69,6 +75,26 @@ def labels_at(labels: torch.Tensor, inds: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def estimate_bn_statistics(backbone: nn.Module, xyz: np.ndarray, batch_size: int, device: torch.device) -> None:
+    """Set every BatchNorm's running mean and variance to their average over the batches of clouds xyz
+    [N, P, 3 + C_in] (train-mode forward passes, in order, no gradient); weights are untouched and the
+    backbone is left in eval mode."""
+    norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average: every batch counts alike
+    backbone.train()
+    try:
+        for batch in _batches(len(xyz), batch_size):
+            backbone(torch.from_numpy(xyz[batch]).to(device))
+    finally:
+        for norm, momentum in zip(norms, momenta, strict=True):
+            norm.momentum = momentum
+        backbone.eval()
+
+
+@torch.no_grad()
 def backbone_features(
     backbone: nn.Module, xyz: np.ndarray, batch_size: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,8 +122,18 @@ def linear_probe(
     settings: TrainSettings,
     seed: int,
     device: torch.device,
+    bn_statistics: str = BN_STATISTICS[0],
 ) -> np.ndarray:
-    """Train a linear classifier on frozen fp2 features; the test confusion matrix [K, K]."""
+    """Train a linear classifier on frozen fp2 features; the test confusion matrix [K, K].
+
+    bn_statistics "train_clouds": the features come from a copy of `backbone` whose BatchNorm statistics
+    are estimated on the training clouds (estimate_bn_statistics); "loaded": from `backbone` as it is.
+    """
+    if bn_statistics not in BN_STATISTICS:
+        raise ValueError(f"bn_statistics must be one of {list(BN_STATISTICS)}, got {bn_statistics!r}")
+    if bn_statistics == "train_clouds":
+        backbone = copy.deepcopy(backbone)
+        estimate_bn_statistics(backbone, train.xyz, settings.batch_size, device)
     train_features, train_inds = backbone_features(backbone, train.xyz, settings.batch_size, device)
     rows_per_batch = settings.batch_size * train_features.shape[2]  # a batch: the fp2 points of batch_size clouds
     train_x, train_y = _point_rows(train_features, train_inds, train.labels)
