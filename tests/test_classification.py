@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import lzma
+import os
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -460,3 +461,20 @@ def test_object_classification_on_shards_of_another_source_is_refused(checkpoint
     task = _task().__dict__ | {"kind": "object_classification", "classes": None}
     with pytest.raises(DataError, match="shards of source kind 'local'"):
         run_evaluation("cls", task, SETTINGS, tmp_path / "scans", checkpoint, tmp_path / "out")
+
+
+def test_apt_get_download_fetches_into_the_cache_and_a_wrong_hash_leaves_nothing(tmp_path: Path, monkeypatch):
+    deb = _deb(tmp_path / "built.deb", {"usr/share/kicad/3dmodels/Box_Test.3dshapes/C_0402.wrl": b"#VRML V2.0 utf8\n"})
+    fake = tmp_path / "bin" / "apt-get"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$@" > "{tmp_path}/args"\ncp "{deb}" "./kicad-packages3d_9.9_all.deb"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    digest = hashlib.sha256(deb.read_bytes()).hexdigest()
+    fetched = kicad.fetch_deb(tmp_path / "cache", "9.9", digest)
+    assert fetched == tmp_path / "cache" / "kicad-packages3d_9.9_all.deb" and fetched.read_bytes() == deb.read_bytes()
+    command = ["-o", "DPkg::Lock::Timeout=300", "download", "kicad-packages3d=9.9"]
+    assert (tmp_path / "args").read_text().split() == command
+    with pytest.raises(DataError, match="of the fetched package differs from the expected"):
+        kicad.fetch_deb(tmp_path / "other", "9.9", "0" * 64)
+    assert not list((tmp_path / "other").rglob("*.deb"))

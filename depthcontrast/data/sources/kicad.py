@@ -117,7 +117,7 @@ def normalise(points: np.ndarray, triangles: np.ndarray) -> tuple[np.ndarray, fl
 
 def fetch_deb(cache: Path, version: str = VERSION, sha256: str = DEB_SHA256) -> Path:
     """`kicad-packages3d_<version>_all.deb` in `cache`, fetched with `apt-get download` unless it is there;
-    checked against `sha256` (DataError on a mismatch, and a fetched file that does not match is removed)."""
+    checked against `sha256`: DataError on a mismatch, and a fetched package that does not match is not kept."""
     cache.mkdir(parents=True, exist_ok=True)
     deb = cache / f"{PACKAGE}_{version.replace(':', '%3a')}_all.deb"
     if not deb.is_file():
@@ -134,11 +134,18 @@ def fetch_deb(cache: Path, version: str = VERSION, sha256: str = DEB_SHA256) -> 
             shutil.rmtree(partial, ignore_errors=True)
             last = (done.stderr.strip().splitlines() or ["no .deb written"])[-1]
             raise DataError(f"apt-get download {PACKAGE}={version} failed in {cache}: {last}")
+        found = sha256_file(fetched[0])
+        if found != sha256:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise DataError(f"{deb}: sha256 {found} of the fetched package differs from the expected {sha256} "
+                            f"(source.sha256); nothing kept")  # fmt: skip
         fetched[0].replace(deb)
         shutil.rmtree(partial, ignore_errors=True)
+        return deb
     found = sha256_file(deb)
     if found != sha256:
-        raise DataError(f"{deb}: sha256 {found} differs from the expected {sha256} (source.sha256)")
+        raise DataError(f"{deb}: sha256 {found} differs from the expected {sha256} (source.sha256); delete it to "
+                        f"fetch it again")  # fmt: skip
     return deb
 
 
