@@ -3,6 +3,7 @@ the frozen global-feature linear classifier end to end, on hand-written .wrl fix
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -33,6 +34,7 @@ from depthcontrast.evaluate.classification import (
     fit_linear,
     global_features,
     held_out_groups,
+    linear_global,
     object_class,
     split_objects,
 )
@@ -478,3 +480,24 @@ def test_apt_get_download_fetches_into_the_cache_and_a_wrong_hash_leaves_nothing
     with pytest.raises(DataError, match="of the fetched package differs from the expected"):
         kicad.fetch_deb(tmp_path / "other", "9.9", "0" * 64)
     assert not list((tmp_path / "other").rglob("*.deb"))
+
+
+def test_the_protocol_reads_batchnorm_statistics_of_the_training_clouds_not_the_loaded_ones():
+    torch.manual_seed(0)
+    backbone = PointNet2SSG(npoints=(32, 16, 8, 4))
+    skewed = copy.deepcopy(backbone)
+    for module in skewed.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_mean.uniform_(-5, 5)
+            module.running_var.uniform_(0.1, 10)
+    rng = np.random.default_rng(0)
+    xyz = rng.normal(size=(12, 64, 3)).astype(np.float32)
+    y = np.arange(12) % 3
+    task = _task(iterations=20)
+    confusions = [
+        linear_global(b, xyz[:8], y[:8], xyz[8:], y[8:], 3, task, torch.device("cpu")) for b in (backbone, skewed)
+    ]
+    np.testing.assert_array_equal(*confusions)
+    for a, b in zip(backbone.modules(), skewed.modules(), strict=True):
+        if isinstance(a, torch.nn.modules.batchnorm._BatchNorm):
+            torch.testing.assert_close(a.running_mean, b.running_mean)

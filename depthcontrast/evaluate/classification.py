@@ -8,9 +8,12 @@ objects of a `kicad` dataset (one class per object: its library, docs/CLASSIFICA
 2. split: per class, its variant groups in a seeded order go to test while they fit within `test_fraction` of its
    models (a group that would overshoot is passed over; if none fits, the smallest goes), at least one group on
    each side: a group, the sizes/pitches/pin counts of one package, is never on both sides.
-3. per init (pretrained, scratch) and seed: the frozen backbone (eval mode) encodes each object's `evaluate.points`
-   points (train: a resampling seeded by the seed; test: one resampling shared by all); the global feature is the
-   max over its fp2 points of their features; features are standardised with the training mean and std.
+3. per init (pretrained, scratch) and seed: the backbone's BatchNorm statistics are estimated on the training
+   clouds (protocols.estimate_bn_statistics, as the segmentation probe does: both inits normalised by the same
+   clouds' statistics, docs/PROBE_DIAGNOSIS.md), then the frozen backbone (eval mode) encodes each object's
+   `evaluate.points` points (train: a resampling seeded by the seed; test: one resampling shared by all); the
+   global feature is the max over its fp2 points of their features; features are standardised with the
+   training mean and std.
 4. a multinomial logistic regression (softmax + L2 `l2` |W|², no penalty on the bias) fitted full batch by
    L-BFGS for `iterations` iterations from zero weights. Chosen over a linear SVM: scikit-learn is not a
    dependency, the loss is convex (the fit depends on the features only, not on an optimiser seed), and it is a
@@ -36,7 +39,7 @@ from depthcontrast.data.sources.kicad import model_class, variant_group
 from depthcontrast.errors import ConfigError, DataError
 from depthcontrast.evaluate.backbone import backbone_from_checkpoint
 from depthcontrast.evaluate.metrics import NOISE_RULE, compare, confusion_matrix, mean_std
-from depthcontrast.evaluate.protocols import STANDARDISE_EPS, backbone_features, resample
+from depthcontrast.evaluate.protocols import STANDARDISE_EPS, backbone_features, estimate_bn_statistics, resample
 from depthcontrast.evaluate.tasks import OBJECT_CLASSIFICATION, Samples, Split, TaskKind, load_samples
 from depthcontrast.io_utils import atomic_write_json, sha256_file
 from depthcontrast.log import progress
@@ -213,7 +216,9 @@ def linear_global(
     device: torch.device,
     desc: str = "encode",
 ) -> np.ndarray:
-    """The protocol for one backbone: frozen global features, standardised, a linear classifier; test confusion."""
+    """The protocol for one backbone: BatchNorm statistics of the training clouds, frozen global features,
+    standardised, a linear classifier; the test confusion matrix. The backbone's BatchNorm statistics change."""
+    estimate_bn_statistics(backbone, train_xyz, task.batch_size, device)
     train_x = global_features(backbone, train_xyz, task.batch_size, device, f"{desc} train").double()
     test_x = global_features(backbone, test_xyz, task.batch_size, device, f"{desc} test").double()
     mean, std = train_x.mean(dim=0), train_x.std(dim=0) + STANDARDISE_EPS
