@@ -62,22 +62,25 @@ def plot_training(run: str, metrics_csv: Path, out_png: Path) -> dict[str, float
 
 
 def downstream_rows(run: str, metrics_json: Path) -> list[dict[str, Any]]:
-    """One row per protocol of a task's metrics.json: pretrained vs scratch mIoU with spread."""
+    """One row per protocol of a task's metrics.json: pretrained vs scratch on its headline metric (mIoU for the
+    segmentation tasks, the `headline` a task names otherwise) with spread."""
     data = json.loads(metrics_json.read_text())
+    metric = data.get("headline", METRIC)
     rows = []
     for protocol, result in data["results"].items():
-        pre, scr = result["pretrained"][METRIC], result["scratch"][METRIC]
-        diff = result["pretrained_minus_scratch"][METRIC]
+        pre, scr = result["pretrained"][metric], result["scratch"][metric]
+        diff = result["pretrained_minus_scratch"][metric]
         rows.append({
             "run": run, "task": data["task"], "protocol": protocol, "seeds": len(data["settings"]["seeds"]),
-            "pretrained": pre, "scratch": scr, "difference": diff["difference"], "within_noise": diff["within_noise"],
+            "metric": metric, "pretrained": pre, "scratch": scr, "difference": diff["difference"],
+            "within_noise": diff["within_noise"],
         })  # fmt: skip
     return rows
 
 
 def plot_downstream(rows: Sequence[dict[str, Any]], out_png: Path) -> None:
-    """Grouped bars: pretrained vs scratch mIoU (mean ± std) per run/task/protocol."""
-    labels = [f"{r['run']}\n{r['task']}\n{r['protocol']}" for r in rows]
+    """Grouped bars: pretrained vs scratch (mean ± std of each task's metric) per run/task/protocol."""
+    labels = [f"{r['run']}\n{r['task']}\n{r['protocol']} ({r['metric']})" for r in rows]
     xs = range(len(rows))
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(rows)), 3.8))
     width = 0.38
@@ -85,12 +88,16 @@ def plot_downstream(rows: Sequence[dict[str, Any]], out_png: Path) -> None:
         ax.bar([x + offset for x in xs], [r[init]["mean"] for r in rows], width, yerr=[r[init]["std"] for r in rows],
                capsize=3, label=init, color=colour)  # fmt: skip
     ax.set_xticks(list(xs), labels, fontsize=8)
-    ax.set(ylabel="test mIoU", title="Downstream: pretrained vs scratch (mean ± std over seeds)")
+    ax.set(ylabel="test score (mIoU or the task's metric)", title="Downstream: pretrained vs scratch (mean ± std)")
     ax.legend()
     fig.tight_layout()
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, dpi=PLOT_DPI, format="png")
     plt.close(fig)
+
+
+def _task_label(row: dict[str, Any]) -> str:
+    return row["task"] if row["metric"] == METRIC else f"{row['task']} ({row['metric'].replace('_', ' ')})"
 
 
 def _pm(stat: dict[str, float]) -> str:
@@ -140,13 +147,13 @@ def write_summary(
     rows = [
         row for run, files in sorted(downstream.items()) for path in sorted(files) for row in downstream_rows(run, path)
     ]
-    lines += ["", "## Downstream (test mIoU, mean ± std over seeds)", "",
+    lines += ["", "## Downstream (test mIoU unless the task names its metric, mean ± std over seeds)", "",
               "| run | task | protocol | seeds | pretrained | scratch | pretrained − scratch | verdict |",
               "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         verdict = "within noise" if r["within_noise"] else ("pretraining helps" if r["difference"] > 0 else "worse")
         lines.append(
-            f"| {r['run']} | {r['task']} | {r['protocol']} | {r['seeds']} | {_pm(r['pretrained'])} | "
+            f"| {r['run']} | {_task_label(r)} | {r['protocol']} | {r['seeds']} | {_pm(r['pretrained'])} | "
             f"{_pm(r['scratch'])} | {r['difference']:+.3f} | {verdict} |"
         )
     if rows:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from depthcontrast import report
 from depthcontrast.report import INCOMPLETE_MTIME_S, summarize_after_failure, summarize_results
 
 TASKS = {"demo": ["seg"]}
@@ -77,3 +78,20 @@ def test_a_failed_run_is_summarized_even_over_a_current_summary(tmp_path: Path, 
     assert capsys.readouterr().err.strip().endswith("covers 1 of 2 runs; not finished: broken (failed)")
     summary = (tmp_path / "summary.md").read_text()
     assert "| broken | failed | depthcontrast: error: queue size 12 is wrong |" in summary
+
+
+def test_a_task_with_its_own_headline_metric_is_summarised_on_it(tmp_path: Path) -> None:
+    """Object classification's metrics.json has no mIoU: its rows use its `headline` (mean class accuracy)."""
+    stat = {"mean": 0.3, "std": 0.03}
+    result = {
+        "pretrained": {"accuracy": stat, "mean_class_accuracy": stat},
+        "scratch": {"accuracy": stat, "mean_class_accuracy": {"mean": 0.24, "std": 0.02}},
+        "pretrained_minus_scratch": {"mean_class_accuracy": {"difference": 0.06, "noise": 0.03, "within_noise": False}},
+    }
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"task": "kicad_cls", "headline": "mean_class_accuracy", "settings": {"seeds": [0, 1]},
+                                "results": {"linear_global": result}}))  # fmt: skip
+    (row,) = report.downstream_rows("demo", path)
+    assert row["metric"] == "mean_class_accuracy" and row["difference"] == 0.06 and row["scratch"]["mean"] == 0.24
+    report.plot_downstream([row], tmp_path / "downstream.png")
+    assert (tmp_path / "downstream.png").stat().st_size > 0
