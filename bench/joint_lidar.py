@@ -20,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pretrain_throughput import measure  # bench/ is on sys.path when run as a script
+from pretrain_throughput import measure, write_shards  # bench/ is on sys.path when run as a script
 
 from depthcontrast.config import validate_config
 from depthcontrast.data.records import Sample
-from depthcontrast.data.shard_writer import ShardWriter
 from depthcontrast.launch import WorldInfo
 from depthcontrast.train import Trainer
 
@@ -54,16 +53,9 @@ def synthetic_sweep(rng: np.random.Generator, points: int) -> tuple[np.ndarray, 
     return xyz, intensity[:, None].astype(np.float32)
 
 
-def write_sweeps(folder: Path, frames: int) -> Path:
-    rng = np.random.default_rng(0)
-    with ShardWriter(
-        folder, dataset="bench_lidar", source="synthetic", params={}, samples_per_shard=64,
-        compression="none", compression_level=0, xyz_quantum_m=0.001,
-    ) as writer:  # fmt: skip
-        for i in range(frames):
-            xyz, intensity = synthetic_sweep(rng, SWEEP_POINTS)
-            writer.add(Sample(sample_id=f"bench_lidar/{i:05d}", points=xyz, features={"intensity": intensity}))
-    return folder
+def sweep_sample(rng: np.random.Generator, sample_id: str) -> Sample:
+    xyz, intensity = synthetic_sweep(rng, SWEEP_POINTS)
+    return Sample(sample_id=sample_id, points=xyz, features={"intensity": intensity})
 
 
 def joint_settings(args: argparse.Namespace, compiled: bool) -> dict:
@@ -101,7 +93,7 @@ def main() -> None:
           "| peak GiB |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        shards = write_sweeps(Path(tmp) / "bench_lidar", args.frames)
+        shards = write_shards(Path(tmp) / "bench_lidar", args.frames, sweep_sample)
         for setting in args.compile:
             torch.cuda.reset_peak_memory_stats()
             run = joint_settings(args, setting == "on")

@@ -20,7 +20,7 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -50,14 +50,21 @@ def synthetic_room_frame(rng: np.random.Generator, points: int) -> np.ndarray:
     return np.round(xyz, 3).astype(np.float32)
 
 
-def write_shards(folder: Path, frames: int) -> Path:
+def room_sample(rng: np.random.Generator, sample_id: str) -> Sample:
+    return Sample(sample_id=sample_id, points=synthetic_room_frame(rng, FRAME_POINTS))
+
+
+def write_shards(
+    folder: Path, frames: int, make_sample: Callable[[np.random.Generator, str], Sample] = room_sample
+) -> Path:
+    """`frames` samples of `make_sample` (seeded generator, sample id) as shards of dataset `folder.name`."""
     rng = np.random.default_rng(0)
     with ShardWriter(
-        folder, dataset="bench", source="synthetic", params={}, samples_per_shard=64,
+        folder, dataset=folder.name, source="synthetic", params={}, samples_per_shard=64,
         compression="none", compression_level=0, xyz_quantum_m=0.001,
     ) as writer:  # fmt: skip
         for i in range(frames):
-            writer.add(Sample(sample_id=f"bench/{i:05d}", points=synthetic_room_frame(rng, FRAME_POINTS)))
+            writer.add(make_sample(rng, f"{folder.name}/{i:05d}"))
     return folder
 
 
