@@ -213,7 +213,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        shards = write_shards(tmp / "shards", args.frames)
+        shards = write_shards(tmp / "bench", args.frames)  # the dataset name is the folder's
         for precision in args.precisions:
             args.precision = precision
             base: dict[str, float] = {}
