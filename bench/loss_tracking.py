@@ -49,12 +49,29 @@ def epoch_table(precision: str, rows: list[dict]) -> None:
               f"{100 * compute / (data + compute):.1f}% |")  # fmt: skip
 
 
+def print_loss_gap(runs: dict[str, list[dict]]) -> None:
+    fp32 = [float(row["loss"]) for row in runs["fp32"]]
+    bf16 = [float(row["loss"]) for row in runs["bf16"]]
+    gaps = [abs(a - b) for a, b in zip(fp32, bf16, strict=True)]
+    print(f"steps {len(gaps)}: loss fp32 {fp32[0]:.3f} -> {fp32[-1]:.3f}, bf16 {bf16[0]:.3f} -> {bf16[-1]:.3f}; "
+          f"gap mean {statistics.mean(gaps):.4f}, max {max(gaps):.4f}, "
+          f"max relative {max(g / a for g, a in zip(gaps, fp32, strict=True)):.2%}; "
+          f"last 20 steps' mean gap {statistics.mean(gaps[-20:]):.4f}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--frames", type=int, default=640)
     parser.add_argument("--workers", type=int, default=10)
     parser.add_argument("--augment-on", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=["fp32", "bf16"],
+        default=["fp32", "bf16"],
+        help="one alone gives only its busy share; both also give the loss gap",
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench/loss_tracking.py needs a CUDA GPU")
@@ -65,15 +82,10 @@ def main() -> None:
         shards = write_shards(Path(tmp) / "bench", args.frames)
         runs = {
             precision: train(shards, Path(tmp) / precision, precision, args.epochs, args.workers, args.augment_on)
-            for precision in ("fp32", "bf16")
+            for precision in args.precisions
         }
-    fp32 = [float(row["loss"]) for row in runs["fp32"]]
-    bf16 = [float(row["loss"]) for row in runs["bf16"]]
-    gaps = [abs(a - b) for a, b in zip(fp32, bf16, strict=True)]
-    print(f"steps {len(gaps)}: loss fp32 {fp32[0]:.3f} -> {fp32[-1]:.3f}, bf16 {bf16[0]:.3f} -> {bf16[-1]:.3f}; "
-          f"gap mean {statistics.mean(gaps):.4f}, max {max(gaps):.4f}, "
-          f"max relative {max(g / a for g, a in zip(gaps, fp32, strict=True)):.2%}; "
-          f"last 20 steps' mean gap {statistics.mean(gaps[-20:]):.4f}")  # fmt: skip
+    if len(runs) == 2:
+        print_loss_gap(runs)
     print("| precision | epoch | steps | samples/s | data wait ms/step | compute ms/step | GPU-busy share |")
     print("|---|---|---|---|---|---|---|")
     for precision, rows in runs.items():

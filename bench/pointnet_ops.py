@@ -98,6 +98,8 @@ def bench_ops(clouds: torch.Tensor) -> None:
         b: time_ms(lambda b=b: ops.ball_query(clouds, centres, radius, nsample, backend=b)) for b in ("torch", "triton")
     }
     report(f"ball query r={radius} k={nsample} ({filled:.1f} distinct/ball)", bq["torch"], bq["triton"])
+    nn = {b: time_ms(lambda b=b: ops.three_nn(clouds, centres, backend=b)) for b in ("torch", "triton")}
+    report(f"three-NN {clouds.shape[1]} <- {npoint} x {clouds.shape[0]}", nn["torch"], nn["triton"])
 
 
 def bench_model(clouds: torch.Tensor) -> None:

@@ -200,6 +200,28 @@ def test_triton_ball_query_equals_torch(n: int, m: int, radius: float, nsample: 
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize(("n", "m"), [(16_384, 4096), (20_000, 2048), (777, 100), (50, 3)])
+def test_triton_three_nn_equals_torch(n: int, m: int) -> None:
+    unknown, known = random_clouds(2, n, 17).cuda(), random_clouds(2, m, 18).cuda()
+    dist, idx = ops.three_nn(unknown, known, backend="triton")
+    want_dist, want_idx = ops.three_nn(unknown, known, backend="torch")
+    assert torch.equal(dist, want_dist)
+    assert torch.equal(idx, want_idx)  # random clouds: no ties
+
+
+@pytest.mark.gpu
+@gpu
+def test_triton_three_nn_with_ties_keeps_the_distances_and_the_interpolation() -> None:
+    unknown, known = grid_clouds(2, 3000, 19).cuda(), grid_clouds(2, 400, 20).cuda()
+    dist, idx = ops.three_nn(unknown, known, backend="triton")
+    want_dist, _ = ops.three_nn(unknown, known, backend="torch")
+    assert torch.equal(dist, want_dist)
+    assert torch.equal(ops.squared_distances(known, unknown).gather(2, idx).sqrt(), dist)  # the indices' own
+    assert bool((idx[..., :-1] < idx[..., 1:])[dist[..., :-1] == dist[..., 1:]].all())  # ties: lower index first
+
+
+@pytest.mark.gpu
+@gpu
 def test_interpolation_on_gpu_matches_cpu() -> None:
     unknown, known = random_clouds(2, 1024, 13), random_clouds(2, 512, 14)
     feats = torch.randn(2, 64, 512, generator=torch.Generator().manual_seed(15))

@@ -1,7 +1,7 @@
 """PointNet++ point operations: sampling, ball query, grouping and three-NN interpolation.
 
 Each op takes batched tensors and has one meaning on CPU and CUDA. CUDA tensors go to the Triton
-kernels of `ops_triton` (sampling and ball query) when Triton imports; everything else, and any call
+kernels of `ops_triton` (sampling, ball query, three-NN) when Triton imports; everything else, and any call
 with `backend="torch"` or with the environment variable DEPTHCONTRAST_POINT_OPS=torch, runs as
 vectorised PyTorch. Both paths compute squared distances as `dx*dx + dy*dy + dz*dz` in float32,
 rounded after each operation, so they choose the same indices bit for bit.
@@ -169,14 +169,17 @@ def gather_points(xyz: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(xyz, 1, idx[..., None].expand(-1, -1, xyz.shape[-1]))
 
 
-def three_nn(unknown: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distances [B, n, 3] and int64 indices [B, n, 3] of the three known points nearest each unknown."""
+def three_nn(unknown: torch.Tensor, known: torch.Tensor, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Distances [B, n, 3] and int64 indices [B, n, 3] of the three known points nearest each unknown, nearest
+    first (among equal distances the order may differ between backends; the distances do not)."""
     _check_points("unknown", unknown)
     _check_points("known", known)
     if known.shape[1] < NUM_NEIGHBOURS:
         raise ValueError(f"three-NN interpolation needs at least 3 known points, got {known.shape[1]}")
-    points = known.detach().float()
-    queries = unknown.detach().float()
+    points = known.detach().float().contiguous()
+    queries = unknown.detach().float().contiguous()
+    if resolve_backend(points, backend) == "triton":
+        return _triton_module().three_nn(queries, points)
     dists, idxs = [], []
     step = _chunk_rows(points, queries.shape[1])
     for begin in range(0, queries.shape[1], step):
@@ -204,7 +207,9 @@ def interpolate(dist: torch.Tensor, idx: torch.Tensor, known_feats: torch.Tensor
     return (neighbours * weights[:, None]).sum(dim=-1)
 
 
-def three_nn_interpolate(unknown: torch.Tensor, known: torch.Tensor, known_feats: torch.Tensor) -> torch.Tensor:
+def three_nn_interpolate(
+    unknown: torch.Tensor, known: torch.Tensor, known_feats: torch.Tensor, backend: str = "auto"
+) -> torch.Tensor:
     """Features [B, C, n] at unknown [B, n, 3], inverse-distance weighted from known [B, m, 3] / [B, C, m]."""
     check_known_features(known, known_feats)
-    return interpolate(*three_nn(unknown, known), known_feats)
+    return interpolate(*three_nn(unknown, known, backend), known_feats)

@@ -1,4 +1,4 @@
-"""Triton kernels for farthest-point sampling and ball query on CUDA; `ops` imports this lazily.
+"""Triton kernels for farthest-point sampling, ball query and three-NN on CUDA; `ops` imports this lazily.
 
 Inputs are float32 and contiguous (ops.py sees to it). Kernels read coordinates as three planes
 (x, y and z of a cloud each contiguous) so that loads coalesce. Floating-point fusion is off: each
@@ -19,6 +19,8 @@ FPS_POINTS_PER_THREAD = 2
 FPS_MAX_WARPS = 32
 BALL_QUERY_BLOCK = 512
 BALL_QUERY_WARPS = 2
+THREE_NN_QUERIES = 128  # unknown points per program, one per lane; each program scans every known point
+THREE_NN_WARPS = 4
 MIN_BLOCK = 16
 THREADS_PER_WARP = 32
 NO_FUSION = {"enable_fp_fusion": False}
@@ -115,6 +117,66 @@ def _ball_query_kernel(
     slots = tl.arange(0, BLOCK_K)
     pad = tl.zeros([BLOCK_K], tl.int64) + first.to(tl.int64)
     tl.store(out + slots, pad, mask=(slots >= found) & (slots < nsample))
+
+
+@triton.jit
+def _three_nn_kernel(queries_ptr, planes_ptr, dist_ptr, idx_ptr, n, m, BLOCK_Q: tl.constexpr):
+    # One program per block of BLOCK_Q unknown points of one cloud, one per lane. Each lane scans the known
+    # points in index order and keeps the three nearest in sorted registers; a strict comparison keeps the
+    # lower index among equal distances. Squared distances are summed x, y, z in order, unfused, as in the
+    # torch path, so both find the same distances.
+    cloud = tl.program_id(1).to(tl.int64)
+    lanes = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    valid = lanes < n
+    query = queries_ptr + (cloud * n + lanes) * 3
+    qx = tl.load(query, mask=valid, other=0.0)
+    qy = tl.load(query + 1, mask=valid, other=0.0)
+    qz = tl.load(query + 2, mask=valid, other=0.0)
+    x_ptr = planes_ptr + cloud * 3 * m
+    y_ptr = x_ptr + m
+    z_ptr = y_ptr + m
+    d1 = tl.full([BLOCK_Q], float("inf"), tl.float32)
+    d2 = tl.full([BLOCK_Q], float("inf"), tl.float32)
+    d3 = tl.full([BLOCK_Q], float("inf"), tl.float32)
+    i1 = tl.zeros([BLOCK_Q], tl.int32)
+    i2 = tl.zeros([BLOCK_Q], tl.int32)
+    i3 = tl.zeros([BLOCK_Q], tl.int32)
+    for j in range(m):
+        dx = qx - tl.load(x_ptr + j)
+        dy = qy - tl.load(y_ptr + j)
+        dz = qz - tl.load(z_ptr + j)
+        d = dx * dx + dy * dy + dz * dz
+        c1 = d < d1
+        c2 = d < d2
+        c3 = d < d3
+        d3 = tl.where(c2, d2, tl.where(c3, d, d3))
+        i3 = tl.where(c2, i2, tl.where(c3, j, i3))
+        d2 = tl.where(c1, d1, tl.where(c2, d, d2))
+        i2 = tl.where(c1, i1, tl.where(c2, j, i2))
+        d1 = tl.where(c1, d, d1)
+        i1 = tl.where(c1, j, i1)
+    out = (cloud * n + lanes) * 3
+    tl.store(dist_ptr + out, tl.sqrt_rn(d1), mask=valid)
+    tl.store(dist_ptr + out + 1, tl.sqrt_rn(d2), mask=valid)
+    tl.store(dist_ptr + out + 2, tl.sqrt_rn(d3), mask=valid)
+    tl.store(idx_ptr + out, i1.to(tl.int64), mask=valid)
+    tl.store(idx_ptr + out + 1, i2.to(tl.int64), mask=valid)
+    tl.store(idx_ptr + out + 2, i3.to(tl.int64), mask=valid)
+
+
+def three_nn(unknown: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ops.three_nn for float32 contiguous CUDA unknown [B, n, 3] and known [B, m, 3], m >= 3."""
+    batch, n, _ = unknown.shape
+    dist = torch.empty(batch, n, 3, dtype=torch.float32, device=unknown.device)
+    idx = torch.empty(batch, n, 3, dtype=torch.long, device=unknown.device)
+    if batch * n == 0:
+        return dist, idx
+    grid = (triton.cdiv(n, THREE_NN_QUERIES), batch)
+    _three_nn_kernel[grid](
+        unknown, _planes(known), dist, idx, n, known.shape[1], BLOCK_Q=THREE_NN_QUERIES, num_warps=THREE_NN_WARPS,
+        **NO_FUSION,
+    )  # fmt: skip
+    return dist, idx
 
 
 def farthest_point_sample(xyz: torch.Tensor, npoint: int, start_index: int) -> torch.Tensor:

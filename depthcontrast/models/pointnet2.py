@@ -139,9 +139,9 @@ class SetAbstraction(FusedBlock):
 class FeaturePropagation(FusedBlock):
     """One FP level: interpolate known features onto unknown points, append the skip (if any), shared `mlp`."""
 
-    def __init__(self, mlp: nn.Module):
+    def __init__(self, mlp: nn.Module, backend: str = "auto"):
         super().__init__()
-        self.mlp = mlp
+        self.mlp, self.backend = mlp, backend
 
     def dense(
         self,
@@ -165,7 +165,7 @@ class FeaturePropagation(FusedBlock):
     ) -> torch.Tensor:
         """[B, n, 3], [B, m, 3], [B, C1, n] or None, [B, C2, m] -> [B, C', n]."""
         ops.check_known_features(known_xyz, known_features)
-        dist, idx = ops.three_nn(unknown_xyz, known_xyz)
+        dist, idx = ops.three_nn(unknown_xyz, known_xyz, self.backend)
         return self.run_dense(dist, idx, unknown_features, known_features)
 
 
@@ -234,8 +234,8 @@ class PointNet2SSG(nn.Module):
             in_channels = scaled[-1]
         sa2_channels, sa3_channels = SA_WIDTHS[1][-1] * scale, SA_WIDTHS[2][-1] * scale
         width = fp_width(scale)
-        self.fp1 = FeaturePropagation(SharedMLP([sa3_channels + in_channels] + [width] * FP_LAYERS))
-        self.fp2 = FeaturePropagation(SharedMLP([sa2_channels + width] + [width] * FP_LAYERS))
+        self.fp1 = FeaturePropagation(SharedMLP([sa3_channels + in_channels] + [width] * FP_LAYERS), backend)
+        self.fp2 = FeaturePropagation(SharedMLP([sa2_channels + width] + [width] * FP_LAYERS), backend)
 
     @property
     def out_channels(self) -> int:

@@ -176,7 +176,7 @@ class PointNet2MSG(nn.Module):
         self.FP_modules = nn.ModuleList()
         for k, widths in enumerate(fp_mlps):
             from_below = fp_mlps[k + 1][-1] if k + 1 < len(fp_mlps) else level_channels[-1]
-            self.FP_modules.append(FeaturePropagation(shared_mlp([from_below + level_channels[k], *widths])))
+            self.FP_modules.append(FeaturePropagation(shared_mlp([from_below + level_channels[k], *widths]), backend))
         self._out_channels = fp_mlps[0][-1]
 
     @property
