@@ -12,6 +12,7 @@ channels amplify rounding differences without bound. The GPU tests repeat this a
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -23,8 +24,9 @@ from depthcontrast.models.pointnet2_msg import MultiScaleSetAbstraction
 
 EVAL_TOL = 1e-5  # relative to the output's scale
 TRAIN_TOL = 1e-4  # outputs and gradients, relative to their scale
-GPU_FP32_TOL = 2e-3  # cuDNN's fp32 convolutions run in TF32 (10-bit mantissa) by default, Inductor's kernels not all
-GPU_BF16_TOL = 3e-2  # bf16 rounds to 8 bits: compiled and eager round different intermediates
+GPU_FP32_TOL = 2e-3  # GPU reductions (BatchNorm statistics, weight gradients) summed in another order
+GPU_BF16_TOL = 3e-2  # bf16 rounds to 8 bits: compiled and eager round different intermediates (eval-mode outputs)
+BF16_GAP_RATIO = 1.5  # train mode: the fused bf16 block may be at most this much farther from fp32 than eager bf16
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -38,31 +40,39 @@ def relative_gap(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got.float() - want.float()).abs().max() / want.float().abs().max().clamp_min(1e-12))
 
 
+def run_block(module: nn.Module, inputs: tuple, train: bool, autocast: bool, weights_seed: int = 1) -> tuple:
+    """`module`'s output and parameter gradients (of a fixed random projection of the output) on `inputs`."""
+    module.train(train)
+    module.zero_grad(set_to_none=True)
+    device = next(module.parameters()).device.type
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+        out = module(*inputs)
+    out = out[1] if isinstance(out, tuple) else out
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(weights_seed)).to(out.device)
+    (out.float() * weights).sum().backward()
+    return out.detach(), {name: p.grad for name, p in module.named_parameters()}
+
+
+def worst_gap(got: tuple, want: tuple) -> tuple[float, str]:
+    """The largest relative gap over the output and every parameter gradient, and where it is."""
+    gaps = {"output": relative_gap(got[0], want[0])}
+    gaps |= {name: relative_gap(got[1][name], grad) for name, grad in want[1].items()}
+    worst = max(gaps, key=gaps.get)
+    return gaps[worst], worst
+
+
 def compare(
     eager: nn.Module, inputs: tuple, tol: float, train: bool, weights_seed: int = 1, autocast: bool = False
 ) -> None:
     """Run `eager` and a fused copy on the same inputs; outputs, parameter gradients and BN buffers agree."""
     fused = copy.deepcopy(eager)
     assert fuse_point_blocks(fused) >= 1
-    outputs, grads = [], []
-    for module in (eager, fused):
-        module.train(train)
-        module.zero_grad(set_to_none=True)
-        device = next(module.parameters()).device.type
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
-            out = module(*inputs)
-        out = out[1] if isinstance(out, tuple) else out
-        generator = torch.Generator().manual_seed(weights_seed)
-        weights = torch.randn(out.shape, generator=generator).to(out.device)
-        (out.float() * weights).sum().backward()
-        outputs.append(out.detach())
-        grads.append({name: p.grad for name, p in module.named_parameters()})
-    assert relative_gap(outputs[1], outputs[0]) < tol, f"output gap {relative_gap(outputs[1], outputs[0]):.2e}"
-    gaps = {name: relative_gap(grads[1][name], want) for name, want in grads[0].items()}
-    worst = max(gaps, key=gaps.get)
-    assert gaps[worst] < tol, f"gradient gap {gaps[worst]:.2e} at {worst}"
-    for (name, want), (_, got) in zip(eager.named_buffers(), fused.named_buffers(), strict=True):
-        assert torch.allclose(got.float(), want.float(), rtol=tol, atol=tol), name
+    want = run_block(eager, inputs, train, autocast, weights_seed)
+    got = run_block(fused, inputs, train, autocast, weights_seed)
+    gap, where = worst_gap(got, want)
+    assert gap < tol, f"gap {gap:.2e} at {where}"
+    for (name, want_buffer), (_, got_buffer) in zip(eager.named_buffers(), fused.named_buffers(), strict=True):
+        assert torch.allclose(got_buffer.float(), want_buffer.float(), rtol=tol, atol=tol), name
 
 
 @pytest.mark.parametrize("train", [False, True])
@@ -118,16 +128,41 @@ def test_fuse_point_blocks_leaves_the_state_dict_alone() -> None:
     assert list(encoder.state_dict()) == keys
 
 
-@pytest.mark.gpu
-@needs_gpu
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_fused_first_level_matches_eager_on_gpu(precision: str) -> None:
-    """The 1x sa1 block at pretraining size (batch 4 x 20,000 points, dense at its 0.2 m radius), train mode."""
+@pytest.fixture
+def no_tf32() -> Iterator[None]:
+    """Full fp32 convolutions and matmuls for the duration (cuDNN's default is TF32, Inductor's GEMMs are not)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def pretraining_sa1() -> tuple[nn.Module, torch.Tensor]:
+    """The 1x sa1 block at pretraining size (batch 4 x 20,000 points, dense at its 0.2 m radius) on the GPU."""
     torch.manual_seed(0)
     sa = SetAbstraction(npoint=2048, radius=0.2, nsample=64, widths=[3, 64, 64, 128]).cuda()
-    xyz = dense_cloud(4, 20_000, 2.0, seed=7, device="cuda")
-    bf16 = precision == "bf16"
-    compare(sa, (xyz, None), GPU_BF16_TOL if bf16 else GPU_FP32_TOL, train=True, autocast=bf16)
+    return sa, dense_cloud(4, 20_000, 2.0, seed=7, device="cuda")
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_fused_first_level_matches_eager_on_gpu_in_fp32(no_tf32: None) -> None:
+    sa, xyz = pretraining_sa1()
+    compare(sa, (xyz, None), GPU_FP32_TOL, train=True)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_fused_first_level_in_bf16_is_as_close_to_fp32_as_eager_bf16(no_tf32: None) -> None:
+    """bf16 rounds to 8 bits, and compiled and eager round different intermediates, so neither matches the other
+    closely in train mode; the fused block's distance to the fp32 result must be that of eager bf16's."""
+    sa, xyz = pretraining_sa1()
+    fused = copy.deepcopy(sa)
+    fuse_point_blocks(fused)
+    reference = run_block(sa, (xyz, None), train=True, autocast=False)
+    eager_gap, _ = worst_gap(run_block(sa, (xyz, None), train=True, autocast=True), reference)
+    fused_gap, where = worst_gap(run_block(fused, (xyz, None), train=True, autocast=True), reference)
+    assert fused_gap <= BF16_GAP_RATIO * eager_gap + GPU_FP32_TOL, f"{fused_gap:.2e} at {where}, eager {eager_gap:.2e}"
 
 
 @pytest.mark.gpu

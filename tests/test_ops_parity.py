@@ -222,6 +222,22 @@ def test_triton_three_nn_with_ties_keeps_the_distances_and_the_interpolation() -
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize(
+    ("n", "radii", "nsamples"),
+    [(16_384, [0.1, 0.5], [16, 32]), (4096, [1.0, 0.5], [32, 16]), (2048, [0.2, 0.4, 0.8], [16, 32, 64])],
+)
+def test_triton_ball_query_scales_equal_one_query_each(n: int, radii: list[float], nsamples: list[int]) -> None:
+    """Multi-scale grouping scans the cloud once per pair of balls; each ball equals its own query."""
+    clouds = random_clouds(2, n, 21, extent=6.0).cuda()
+    centres = torch.cat([clouds[:, :255], torch.full((2, 1, 3), 100.0, device="cuda")], dim=1)
+    got = ops.ball_query_scales(clouds, centres, radii, nsamples, backend="triton")
+    assert len(got) == len(radii)
+    for idx, radius, nsample in zip(got, radii, nsamples, strict=True):
+        assert torch.equal(idx, ops.ball_query(clouds, centres, radius, nsample, backend="torch"))
+
+
+@pytest.mark.gpu
+@gpu
 def test_interpolation_on_gpu_matches_cpu() -> None:
     unknown, known = random_clouds(2, 1024, 13), random_clouds(2, 512, 14)
     feats = torch.randn(2, 64, 512, generator=torch.Generator().manual_seed(15))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
 from types import ModuleType
 
 import torch
@@ -109,18 +110,33 @@ def ball_query(
     xyz: torch.Tensor, centres: torch.Tensor, radius: float, nsample: int, backend: str = "auto"
 ) -> torch.Tensor:
     """Indices int64 [B, M, nsample] of points of xyz [B, N, 3] within `radius` of each centre [B, M, 3]."""
+    return ball_query_scales(xyz, centres, [radius], [nsample], backend)[0]
+
+
+def ball_query_scales(
+    xyz: torch.Tensor, centres: torch.Tensor, radii: Sequence[float], nsamples: Sequence[int], backend: str = "auto"
+) -> list[torch.Tensor]:
+    """`ball_query` for each (radius, nsample) about the same centres, as multi-scale grouping asks; the Triton
+    path scans the cloud once for each pair of balls."""
     _check_points("xyz", xyz)
     _check_points("centres", centres)
     if xyz.shape[0] != centres.shape[0]:
         raise ValueError(f"xyz and centres have different batch sizes: {xyz.shape[0]} vs {centres.shape[0]}")
-    if radius <= 0 or nsample <= 0:
-        raise ValueError(f"ball query needs radius > 0 and nsample > 0, got {radius} and {nsample}")
+    for radius, nsample in zip(radii, nsamples, strict=True):
+        if radius <= 0 or nsample <= 0:
+            raise ValueError(f"ball query needs radius > 0 and nsample > 0, got {radius} and {nsample}")
     points = xyz.detach().float().contiguous()
     queries = centres.detach().float().contiguous()
-    radius2 = float(torch.tensor(radius * radius, dtype=torch.float32))  # both paths compare in float32
+    # both paths compare in float32
+    balls = [(float(torch.tensor(r * r, dtype=torch.float32)), k) for r, k in zip(radii, nsamples, strict=True)]
     if resolve_backend(points, backend) == "triton":
-        return _triton_module().ball_query(points, queries, radius2, nsample)
-    return _ball_query_torch(points, queries, radius2, nsample)
+        module = _triton_module()
+        return [
+            idx
+            for begin in range(0, len(balls), 2)
+            for idx in module.ball_query_pair(points, queries, balls[begin : begin + 2])
+        ]
+    return [_ball_query_torch(points, queries, radius2, nsample) for radius2, nsample in balls]
 
 
 def _ball_query_torch(xyz: torch.Tensor, centres: torch.Tensor, radius2: float, nsample: int) -> torch.Tensor:

@@ -80,12 +80,36 @@ def _fps_kernel(planes_ptr, nearest_ptr, out_ptr, n, npoint, start_index, BLOCK:
 
 
 @triton.jit
+def _take_inside(d, offs, valid, radius2, found, first, out, nsample):
+    # The points of this block inside the ball, written at their rank among those found so far; the updated
+    # count and the lowest index found. Blocks without a hit (most, in a sparse cloud) skip the prefix sum.
+    inside = (d < radius2) & valid
+    hits = inside.to(tl.int32)
+    count = tl.sum(hits, axis=0)
+    if count > 0:
+        slot = found + tl.cumsum(hits, axis=0) - 1
+        tl.store(out + slot, offs.to(tl.int64), mask=inside & (slot < nsample))
+        lowest = tl.min(tl.where(inside, offs, 2147483647), axis=0)
+        first = tl.where(found == 0, lowest, first)
+    return found + count, first
+
+
+@triton.jit
+def _pad_ball(out, found, first, nsample, BLOCK_K: tl.constexpr):
+    # The slots after the last point found repeat the first index found (0 for an empty ball).
+    slots = tl.arange(0, BLOCK_K)
+    pad = tl.zeros([BLOCK_K], tl.int64) + first.to(tl.int64)
+    tl.store(out + slots, pad, mask=(slots >= found) & (slots < nsample))
+
+
+@triton.jit
 def _ball_query_kernel(
-    planes_ptr, centres_ptr, out_ptr, n, m, radius2, nsample, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
-):
-    # One program per centre: scan the cloud in index order, a block at a time, writing each point
-    # inside the ball to its rank among those found so far, until nsample are found or the cloud ends;
-    # then fill the remaining slots with the first index found (0 for an empty ball).
+    planes_ptr, centres_ptr, out_ptr, out2_ptr, n, m, radius2, nsample, radius2_b, nsample_b,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, TWO_RADII: tl.constexpr,
+):  # fmt: skip
+    # One program per centre: scan the cloud in index order, a block at a time, writing each point inside
+    # the ball to its rank among those found so far, until nsample are found or the cloud ends; then pad.
+    # With TWO_RADII, one scan serves a second ball (radius2_b, nsample_b) about the same centre.
     query = tl.program_id(0).to(tl.int64)
     cloud = query // m
     x_ptr = planes_ptr + cloud * 3 * n
@@ -95,28 +119,31 @@ def _ball_query_kernel(
     cy = tl.load(centres_ptr + query * 3 + 1)
     cz = tl.load(centres_ptr + query * 3 + 2)
     out = out_ptr + query * nsample
+    out_b = out2_ptr + query * nsample_b
     lanes = tl.arange(0, BLOCK_N)
     found = tl.zeros([], tl.int32)
     first = tl.zeros([], tl.int32)
+    found_b = tl.zeros([], tl.int32)
+    first_b = tl.zeros([], tl.int32)
+    if not TWO_RADII:
+        found_b += nsample_b
     begin = tl.zeros([], tl.int32)
-    while (begin < n) & (found < nsample):
+    while (begin < n) & ((found < nsample) | (found_b < nsample_b)):
         offs = begin + lanes
         valid = offs < n
         dx = tl.load(x_ptr + offs, mask=valid, other=0.0) - cx
         dy = tl.load(y_ptr + offs, mask=valid, other=0.0) - cy
         dz = tl.load(z_ptr + offs, mask=valid, other=0.0) - cz
-        inside = ((dx * dx + dy * dy + dz * dz) < radius2) & valid
-        hits = inside.to(tl.int32)
-        slot = found + tl.cumsum(hits, axis=0) - 1
-        tl.store(out + slot, offs.to(tl.int64), mask=inside & (slot < nsample))
-        count = tl.sum(hits, axis=0)
-        lowest = tl.min(tl.where(inside, offs, n), axis=0)
-        first = tl.where((found == 0) & (count > 0), lowest, first)
-        found += count
+        d = dx * dx + dy * dy + dz * dz
+        if found < nsample:
+            found, first = _take_inside(d, offs, valid, radius2, found, first, out, nsample)
+        if TWO_RADII:  # noqa: SIM102 (a constexpr test first: Triton compiles the second ball out)
+            if found_b < nsample_b:
+                found_b, first_b = _take_inside(d, offs, valid, radius2_b, found_b, first_b, out_b, nsample_b)
         begin += BLOCK_N
-    slots = tl.arange(0, BLOCK_K)
-    pad = tl.zeros([BLOCK_K], tl.int64) + first.to(tl.int64)
-    tl.store(out + slots, pad, mask=(slots >= found) & (slots < nsample))
+    _pad_ball(out, found, first, nsample, BLOCK_K)
+    if TWO_RADII:
+        _pad_ball(out_b, found_b, first_b, nsample_b, BLOCK_K)
 
 
 @triton.jit
@@ -201,22 +228,21 @@ def farthest_point_sample(xyz: torch.Tensor, npoint: int, start_index: int) -> t
 
 def ball_query(xyz: torch.Tensor, centres: torch.Tensor, radius2: float, nsample: int) -> torch.Tensor:
     """ops.ball_query for float32 contiguous CUDA tensors, with the float32 squared radius."""
+    return ball_query_pair(xyz, centres, [(radius2, nsample)])[0]
+
+
+def ball_query_pair(xyz: torch.Tensor, centres: torch.Tensor, balls: list[tuple[float, int]]) -> list[torch.Tensor]:
+    """ball_query for one or two (float32 squared radius, nsample) balls about the same centres, in one scan."""
     batch, n, _ = xyz.shape
     m = centres.shape[1]
-    out = torch.empty(batch, m, nsample, dtype=torch.long, device=xyz.device)
+    outs = [torch.empty(batch, m, k, dtype=torch.long, device=xyz.device) for _, k in balls]
     if batch * m == 0:
-        return out
+        return outs
+    (radius2, nsample), (radius2_b, nsample_b) = balls[0], balls[-1]
+    widest = max(nsample, nsample_b)
     _ball_query_kernel[(batch * m,)](
-        _planes(xyz),
-        centres,
-        out,
-        n,
-        m,
-        radius2,
-        nsample,
-        BLOCK_N=_block(n, BALL_QUERY_BLOCK),
-        BLOCK_K=_block(nsample, triton.next_power_of_2(nsample)),
-        num_warps=BALL_QUERY_WARPS,
-        **NO_FUSION,
-    )
-    return out
+        _planes(xyz), centres, outs[0], outs[-1], n, m, radius2, nsample, radius2_b, nsample_b,
+        BLOCK_N=_block(n, BALL_QUERY_BLOCK), BLOCK_K=_block(widest, triton.next_power_of_2(widest)),
+        TWO_RADII=len(balls) == 2, num_warps=BALL_QUERY_WARPS, **NO_FUSION,
+    )  # fmt: skip
+    return outs

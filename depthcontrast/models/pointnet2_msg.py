@@ -93,10 +93,7 @@ class MultiScaleSetAbstraction(FusedBlock):
         centres [B, M, 3], features [B, C', M], inds [B, M]."""
         inds = self.sample(xyz) if inds is None else inds
         centres = ops.gather_points(xyz, inds)
-        idxs = [
-            ops.ball_query(xyz, centres, radius, nsample, backend=self.backend)
-            for radius, nsample in zip(self.radii, self.nsamples, strict=True)
-        ]
+        idxs = ops.ball_query_scales(xyz, centres, self.radii, self.nsamples, backend=self.backend)
         return centres, self.run_dense(xyz, centres, features, idxs), inds
 
 
