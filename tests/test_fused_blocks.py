@@ -26,7 +26,8 @@ EVAL_TOL = 1e-5  # relative to the output's scale
 TRAIN_TOL = 1e-4  # outputs and gradients, relative to their scale
 GPU_FP32_TOL = 2e-3  # GPU reductions (BatchNorm statistics, weight gradients) summed in another order
 GPU_BF16_TOL = 3e-2  # bf16 rounds to 8 bits: compiled and eager round different intermediates (eval-mode outputs)
-BF16_GAP_RATIO = 1.5  # train mode: the fused bf16 block may be at most this much farther from fp32 than eager bf16
+GAP_RATIO = 1.5  # train mode on the GPU: the fused block may be at most this much farther from float64 than eager
+GAP_FLOOR = 1e-4
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -49,7 +50,7 @@ def run_block(module: nn.Module, inputs: tuple, train: bool, autocast: bool, wei
         out = module(*inputs)
     out = out[1] if isinstance(out, tuple) else out
     weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(weights_seed)).to(out.device)
-    (out.float() * weights).sum().backward()
+    (out.double() * weights.double()).sum().backward()
     return out.detach(), {name: p.grad for name, p in module.named_parameters()}
 
 
@@ -146,23 +147,19 @@ def pretraining_sa1() -> tuple[nn.Module, torch.Tensor]:
 
 @pytest.mark.gpu
 @needs_gpu
-def test_fused_first_level_matches_eager_on_gpu_in_fp32(no_tf32: None) -> None:
-    sa, xyz = pretraining_sa1()
-    compare(sa, (xyz, None), GPU_FP32_TOL, train=True)
-
-
-@pytest.mark.gpu
-@needs_gpu
-def test_fused_first_level_in_bf16_is_as_close_to_fp32_as_eager_bf16(no_tf32: None) -> None:
-    """bf16 rounds to 8 bits, and compiled and eager round different intermediates, so neither matches the other
-    closely in train mode; the fused block's distance to the fp32 result must be that of eager bf16's."""
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fused_first_level_is_as_close_to_float64_as_eager_on_gpu(precision: str, no_tf32: None) -> None:
+    """In train mode at this size, BatchNorm's backward cancels large sums, so rounding in another order moves
+    some weight gradients by ~1e-3 of their scale in fp32 (~1e-1 in bf16) whichever path runs. The fused block
+    must be no farther from a float64 run of the same block than eager is, in either precision."""
     sa, xyz = pretraining_sa1()
     fused = copy.deepcopy(sa)
     fuse_point_blocks(fused)
-    reference = run_block(sa, (xyz, None), train=True, autocast=False)
-    eager_gap, _ = worst_gap(run_block(sa, (xyz, None), train=True, autocast=True), reference)
-    fused_gap, where = worst_gap(run_block(fused, (xyz, None), train=True, autocast=True), reference)
-    assert fused_gap <= BF16_GAP_RATIO * eager_gap + GPU_FP32_TOL, f"{fused_gap:.2e} at {where}, eager {eager_gap:.2e}"
+    reference = run_block(copy.deepcopy(sa).double(), (xyz.double(), None), train=True, autocast=False)
+    bf16 = precision == "bf16"
+    eager_gap, _ = worst_gap(run_block(sa, (xyz, None), train=True, autocast=bf16), reference)
+    fused_gap, where = worst_gap(run_block(fused, (xyz, None), train=True, autocast=bf16), reference)
+    assert fused_gap <= GAP_RATIO * eager_gap + GAP_FLOOR, f"{fused_gap:.2e} at {where}, eager {eager_gap:.2e}"
 
 
 @pytest.mark.gpu
