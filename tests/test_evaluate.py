@@ -17,7 +17,14 @@ from depthcontrast.errors import DataError
 from depthcontrast.evaluate import run_evaluation
 from depthcontrast.evaluate.backbone import backbone_from_checkpoint
 from depthcontrast.evaluate.metrics import compare, confusion_matrix, segmentation_scores
-from depthcontrast.evaluate.protocols import backbone_features, estimate_bn_statistics, linear_probe, resample
+from depthcontrast.evaluate.protocols import (
+    backbone_features,
+    estimate_bn_statistics,
+    finetune,
+    linear_probe,
+    resample,
+    scores_at_inputs,
+)
 from depthcontrast.evaluate.tasks import (
     IGNORE_LABEL,
     LIDAR_CLASSES,
@@ -242,6 +249,34 @@ def test_the_linear_probe_reads_neither_the_loaded_nor_the_initial_batchnorm_sta
     assert not np.array_equal(as_loaded, skewed_as_loaded)
     with pytest.raises(ValueError, match="bn_statistics must be one of"):
         linear_probe(backbone, train, test, classes, settings, 0, cpu, bn_statistics="batch")
+
+
+def test_fp2_scores_reach_every_input_point_and_keep_their_own_at_the_fp2_points():
+    generator = torch.Generator().manual_seed(0)
+    xyz = torch.rand(2, 64, 4, generator=generator)  # xyz + one feature column
+    inds = torch.stack([torch.randperm(64, generator=generator)[:16] for _ in range(2)])
+    scores = torch.randn(2, 5, 16, generator=generator)
+    spread = scores_at_inputs(scores, inds, xyz)
+    assert spread.shape == (2, 5, 64)
+    for b in range(2):
+        torch.testing.assert_close(spread[b][:, inds[b]], scores[b], atol=1e-5, rtol=1e-5)  # distance 0 dominates
+    everywhere = torch.arange(64).expand(2, 64)
+    assert scores_at_inputs(spread, everywhere, xyz) is spread  # PointNet-MSG: fp2 is every input point
+
+
+def test_both_protocols_score_every_labelled_test_point_not_only_the_fp2_points(shards: Path, checkpoint):
+    kind = task_kind("indoor_segmentation")
+    split = split_by_group(load_samples(shards / "demo_indoor", kind), INDOOR_TEST_ROOMS, "room", source="test")
+    train = resample(split.train, 256, np.random.default_rng(0))
+    test = resample(split.test, 256, np.random.default_rng(1))
+    settings = TrainSettings(epochs=1, lr=0.01, batch_size=8, momentum=0.9, weight_decay=0.0)
+    cpu, classes = torch.device("cpu"), len(kind.classes)
+    labelled = int((test.labels != IGNORE_LABEL).sum())
+    assert labelled > len(test.xyz) * TINY_BACKBONE["npoints"][1]  # more than the fp2 points could hold
+    backbone = backbone_from_checkpoint(checkpoint[0]).build(pretrained=True)
+    assert linear_probe(backbone, train, test, classes, settings, seed=0, device=cpu).sum() == labelled
+    confusion, _ = finetune(backbone, split.train, test, 256, classes, settings, seed=0, device=cpu)
+    assert confusion.sum() == labelled
 
 
 def test_metrics_json_holds_seeds_mean_std_difference_and_noise_flag(shards: Path, checkpoint, tmp_path: Path):

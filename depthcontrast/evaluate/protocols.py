@@ -1,8 +1,11 @@
 """The two evaluation protocols, each returning the test confusion matrix.
 
-Both score per-point predictions at the backbone's fp2 points (`fp2_inds` index the input cloud, so
+Both train on per-point predictions at the backbone's fp2 points (`fp2_inds` index the input cloud, so
 the label of each fp2 point is the label of the input point it sits on): PointNet++ SSG's fp2 level,
-or every input point for PointNet-MSG, whose final features are per input point.
+or every input point for PointNet-MSG, whose final features are per input point. Both score every point
+of the test clouds: the fp2 points' class scores are carried to each input point by three-NN
+inverse-distance interpolation (PointNet++'s segmentation protocol), so a test cloud of P points gives P
+scored points (less the unlabelled), not only its fp2 points: far less sampling noise between seeds.
 
 - linear: the backbone is frozen; its BatchNorm statistics are first estimated on the probe's training
   clouds (nothing else changes), then fp2 features of one seeded resampling per training cloud are
@@ -31,6 +34,7 @@ from torch import nn
 
 from depthcontrast.evaluate.metrics import confusion_matrix
 from depthcontrast.evaluate.tasks import IGNORE_LABEL, Samples
+from depthcontrast.models import ops
 from depthcontrast.specs import TrainSettings
 
 STANDARDISE_EPS = 1e-6
@@ -94,6 +98,18 @@ def estimate_bn_statistics(backbone: nn.Module, xyz: np.ndarray, batch_size: int
         backbone.eval()
 
 
+def scores_at_inputs(scores: torch.Tensor, inds: torch.Tensor, xyz: torch.Tensor) -> torch.Tensor:
+    """Class scores [B, K, M] at the fp2 points (inds [B, M] into xyz [B, P, 3 + C]) → [B, K, P] at every
+    input point, by three-NN inverse-distance interpolation (the identity when fp2 is every input point)."""
+    points = xyz[..., :3].contiguous()
+    if inds.shape[1] == points.shape[1] and torch.equal(
+        inds, torch.arange(points.shape[1], device=inds.device).expand_as(inds)
+    ):
+        return scores
+    known = ops.gather_points(points, inds.long())
+    return ops.three_nn_interpolate(points, known, scores.float().contiguous())
+
+
 @torch.no_grad()
 def backbone_features(
     backbone: nn.Module, xyz: np.ndarray, batch_size: int, device: torch.device
@@ -137,7 +153,8 @@ def linear_probe(
     train_features, train_inds = backbone_features(backbone, train.xyz, settings.batch_size, device)
     rows_per_batch = settings.batch_size * train_features.shape[2]  # a batch: the fp2 points of batch_size clouds
     train_x, train_y = _point_rows(train_features, train_inds, train.labels)
-    test_x, test_y = _point_rows(*backbone_features(backbone, test.xyz, settings.batch_size, device), test.labels)
+    test_features, test_inds = backbone_features(backbone, test.xyz, settings.batch_size, device)
+    test_x = test_features.transpose(1, 2).reshape(-1, test_features.shape[1])
     scored = train_y != IGNORE_LABEL
     train_x, train_y = train_x[scored], train_y[scored]
     mean, std = train_x.mean(dim=0), train_x.std(dim=0) + STANDARDISE_EPS
@@ -153,8 +170,9 @@ def linear_probe(
             loss.backward()
             optimizer.step()
     with torch.no_grad():
-        predicted = classifier(test_x.to(device)).argmax(dim=1).cpu().numpy()
-    return confusion_matrix(test_y.numpy(), predicted, num_classes)
+        logits = classifier(test_x.to(device)).cpu().reshape(*test_inds.shape, num_classes).transpose(1, 2)
+        predicted = scores_at_inputs(logits, test_inds, torch.from_numpy(test.xyz)).argmax(dim=1)
+    return confusion_matrix(test.labels.reshape(-1), predicted.numpy().reshape(-1), num_classes)
 
 
 class Segmenter(nn.Module):
@@ -199,7 +217,8 @@ def finetune(
     predicted, truth = [], []
     with torch.no_grad():
         for batch in _batches(len(test.xyz), settings.batch_size):
-            logits, inds = model(torch.from_numpy(test.xyz[batch]).to(device))
-            predicted.append(logits.argmax(dim=1).cpu())
-            truth.append(labels_at(torch.from_numpy(test.labels[batch]), inds.cpu()))
+            xyz = torch.from_numpy(test.xyz[batch]).to(device)
+            logits, inds = model(xyz)
+            predicted.append(scores_at_inputs(logits, inds, xyz).argmax(dim=1).cpu())
+            truth.append(torch.from_numpy(test.labels[batch]))
     return confusion_matrix(torch.cat(truth).numpy(), torch.cat(predicted).numpy(), num_classes), model
