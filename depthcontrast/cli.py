@@ -135,11 +135,13 @@ def cmd_import_original(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from depthcontrast.evaluate import run_evaluation
-    from depthcontrast.stages.settings import config_block
+    from depthcontrast.stages.settings import config_block, evaluation_of_run
 
     config, source = _config(args)
     task = config_block(config, ("evaluate", "tasks", args.task), source)
-    settings = {key: value for key, value in config["evaluate"].items() if key != "tasks"}
+    if args.run is not None:
+        config_block(config, ("pretrain", args.run), source)
+    settings = evaluation_of_run(config, args.run)
     shards = _shard_folder(args.shards) if args.shards else Path(args.results) / "shards" / task["dataset"]
     run_evaluation(args.task, task, settings, shards, Path(args.checkpoint), Path(args.out))
     print(Path(args.out) / "metrics.json")
@@ -278,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--task", required=True, help="a name under `evaluate.tasks:` in the config")
     evaluate.add_argument("--checkpoint", required=True, help="results/pretrain/<run>/last.pth or an imported one")
+    evaluate.add_argument("--run", help="apply this pretraining run's `evaluation:` overrides (default: none)")
     _settings_source(evaluate)
     evaluate.add_argument("--shards", help="shard folder or its index.json (default: <results>/shards/<its dataset>)")
     evaluate.add_argument("--out", required=True, help="folder for metrics.json (the workflow's: <results>/finetune/"

@@ -78,6 +78,11 @@ def finetune_outputs():
     return [f"results/finetune/{evaluation}/metrics.json" for evaluation in evaluations()]
 
 
+def evaluation_gpu(wildcards):
+    """1 when the evaluated run trains on a GPU (its `resources.gpu`), else not asked for."""
+    return 1 if config["pretrain"][wildcards.run]["resources"]["gpu"] else None
+
+
 def job_settings(wildcards):
     """What the settings file results/settings/{stage}/{item}.yaml holds (see depthcontrast.stages.settings)."""
     return stage_settings(config, wildcards.stage, wildcards.item)
@@ -108,6 +113,6 @@ wildcard_constraints:
     run=names_pattern(config["pretrain"]),
     target=names_pattern(KNOWN_TARGETS),
     stage=names_pattern(STAGE_SETTINGS),
-    item="[A-Za-z0-9][A-Za-z0-9_-]*",  # a dataset, run, task or external job (the schema's name pattern)
+    item="[A-Za-z0-9][A-Za-z0-9_-]*(/[A-Za-z0-9][A-Za-z0-9_-]*)?",  # a dataset, run, external job, or run/task
     task=names_pattern(config["evaluate"]["tasks"]),
     name=names_pattern(config["external"]),

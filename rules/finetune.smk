@@ -3,7 +3,7 @@
 
 rule finetune:
     input:
-        settings="results/settings/evaluate/{task}.yaml",
+        settings="results/settings/evaluate/{run}/{task}.yaml",
         checkpoint="results/pretrain/{run}/last.pth",
         shards=lambda wildcards: f"results/shards/{config['evaluate']['tasks'][wildcards.task]['dataset']}/index.json",
     output:
@@ -16,6 +16,7 @@ rule finetune:
     resources:
         mem_mb=4000,
         runtime=120,
+        gpu=evaluation_gpu,  # a GPU run's evaluation gets one GPU (Slurm --gpus=1); the evaluation uses it
     conda:
         "../envs/data.yaml"
     container:

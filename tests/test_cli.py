@@ -40,8 +40,8 @@ def settings_file(tmp_path: Path, config: dict, stage: str, name: str) -> Path:
     [("download", "demo_lidar", ("datasets", "demo_lidar", "source")),
      ("preprocess", "demo_lidar", ("datasets", "demo_lidar", "preprocess")),
      ("preprocess", "demo_lidar", ("datasets", "demo_lidar", "format")),
-     ("evaluate", "indoor_seg", ("evaluate", "tasks", "indoor_seg")),
-     ("evaluate", "indoor_seg", ("evaluate", "seeds"))],
+     ("evaluate", "demo_pointnet/indoor_seg", ("evaluate", "tasks", "indoor_seg")),
+     ("evaluate", "demo_pointnet/indoor_seg", ("evaluate", "seeds"))],
 )  # fmt: skip
 def test_a_settings_file_gives_the_verb_the_block_that_the_config_gives_it(tmp_path: Path, stage, name, key):
     config = load_config(CONFIG)
@@ -57,6 +57,32 @@ def test_a_run_trains_the_same_settings_from_its_settings_file_as_from_the_confi
     run = config["pretrain"]["demo_pointnet"]
     assert training_settings(written) == training_settings(run)
     assert {key: written["resources"][key] for key in ("nodes", "tasks_per_node")} == {"nodes": 1, "tasks_per_node": 1}
+
+
+def test_a_runs_evaluation_overrides_reach_its_evaluations_only(tmp_path: Path):
+    config = load_config(CONFIG)
+    demo = stage_settings(config, "evaluate", "demo_pointnet/indoor_seg")
+    pretrain = stage_settings(config, "pretrain", "demo_pointnet")
+    config["pretrain"]["demo_pointnet"]["evaluation"] = {"seeds": [0, 1, 2, 3, 4], "finetune": {"epochs": 20}}
+    overridden = stage_settings(config, "evaluate", "demo_pointnet/indoor_seg")["evaluate"]
+    assert overridden["seeds"] == [0, 1, 2, 3, 4]
+    assert overridden["finetune"] == {**demo["evaluate"]["finetune"], "epochs": 20}  # the rest stays evaluate's
+    assert {k: v for k, v in overridden.items() if k not in ("seeds", "finetune")} == {
+        k: v for k, v in demo["evaluate"].items() if k not in ("seeds", "finetune")
+    }
+    assert stage_settings(config, "pretrain", "demo_pointnet") == pretrain  # no pretraining rerun
+    assert stage_settings(config, "evaluate", "lidar_msg/indoor_seg") == {
+        "evaluate": {**demo["evaluate"], "tasks": {"indoor_seg": config["evaluate"]["tasks"]["indoor_seg"]}}
+    }  # another run keeps evaluate's
+
+
+def test_an_unknown_evaluation_override_is_a_config_error(tmp_path: Path):
+    config = yaml.safe_load(CONFIG.read_text())
+    config["pretrain"]["demo_pointnet"]["evaluation"] = {"finetune": {"epoch": 20}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match="epoch"):
+        load_config(path)
 
 
 def test_settings_hold_only_what_changes_a_jobs_result(tmp_path: Path):
@@ -85,7 +111,7 @@ def reversed_keys(value):
 def test_settings_do_not_depend_on_the_order_of_keys_in_the_config(tmp_path: Path):
     config = load_config(with_external_job(tmp_path, "true"))
     names = {"download": "demo_indoor", "preprocess": "demo_indoor", "pretrain": "demo_pointnet",
-             "evaluate": "indoor_seg", "external": "check"}  # fmt: skip
+             "evaluate": "demo_pointnet/indoor_seg", "external": "check"}  # fmt: skip
     assert set(names) == set(STAGE_SETTINGS)
     for stage, name in names.items():  # Snakemake compares a rule's params by their repr
         assert repr(stage_settings(reversed_keys(config), stage, name)) == repr(stage_settings(config, stage, name))

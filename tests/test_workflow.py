@@ -130,7 +130,7 @@ def test_each_job_reads_its_settings_from_a_file_holding_only_what_changes_its_r
     assert {"enabled", "export_targets"}.isdisjoint(run) and run["epochs"] == DEMO_EPOCHS
     download = yaml.safe_load((settings / "download/demo_lidar.yaml").read_text())
     assert download == {"datasets": {"demo_lidar": {"source": config["datasets"]["demo_lidar"]["source"]}}}
-    evaluate = yaml.safe_load((settings / "evaluate/indoor_seg.yaml").read_text())["evaluate"]
+    evaluate = yaml.safe_load((settings / "evaluate/demo_pointnet/indoor_seg.yaml").read_text())["evaluate"]
     assert list(evaluate["tasks"]) == ["indoor_seg"] and evaluate["seeds"] == [0, 1]
     log = (built_repo / "results/logs/pretrain/demo_pointnet.log").read_text()
     assert "epoch 1 step" in log and "depthcontrast: error" not in log

@@ -18,7 +18,7 @@ from depthcontrast.slurm import TaskLayout, in_allocation_outside_step, srun_com
 
 log = logging.getLogger(__name__)
 # a run's settings that leave its training unchanged: editing them reruns no pretraining
-NOT_TRAINING_SETTINGS = ("enabled", "export_targets", "resources")
+NOT_TRAINING_SETTINGS = ("enabled", "export_targets", "evaluation", "resources")
 # ...except these of `resources`: the global batch is batch_size x nodes x tasks_per_node
 LAYOUT_SETTINGS = ("nodes", "tasks_per_node")
 EXIT_FAILED = 1

@@ -44,11 +44,21 @@ def pretrain_settings(config: Mapping[str, Any], run: str) -> dict[str, Any]:
     return {"pretrain": {run: run_settings(config["pretrain"][run])}}
 
 
-def evaluate_settings(config: Mapping[str, Any], task: str) -> dict[str, Any]:
-    """The evaluation settings (seeds, points, protocols, ...) and the one task."""
-    evaluate = config["evaluate"]
-    shared = {key: value for key, value in evaluate.items() if key != "tasks"}
-    return {"evaluate": {**shared, "tasks": {task: evaluate["tasks"][task]}}}
+def evaluation_of_run(config: Mapping[str, Any], run: str | None) -> dict[str, Any]:
+    """`evaluate`'s settings (seeds, points, protocols, linear, finetune) with the `evaluation:` overrides of
+    pretraining run `run` on top (None or a run without them: `evaluate`'s as they are)."""
+    shared = {key: value for key, value in config["evaluate"].items() if key != "tasks"}
+    runs = config.get("pretrain", {})
+    overrides = runs[run].get("evaluation", {}) if run in runs else {}
+    for key, value in overrides.items():
+        shared[key] = {**shared[key], **value} if isinstance(value, Mapping) else value
+    return shared
+
+
+def evaluate_settings(config: Mapping[str, Any], item: str) -> dict[str, Any]:
+    """For `item` "<run>/<task>": the evaluation settings of that run (evaluation_of_run) and the one task."""
+    run, task = item.split("/")
+    return {"evaluate": {**evaluation_of_run(config, run), "tasks": {task: config["evaluate"]["tasks"][task]}}}
 
 
 def external_settings(config: Mapping[str, Any], name: str) -> dict[str, Any]:
