@@ -99,6 +99,18 @@ def test_max_points_subsample_is_reproducible_and_bounded(tmp_path: Path):
     np.testing.assert_array_equal(ShardDataset(first)[1]["points"], ShardDataset(second)[1]["points"])
 
 
+def test_xyz_scale_multiplies_the_stored_coordinates_after_the_point_limits(tmp_path: Path):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    np.save(folder / "scan.npy", plane_cloud(400, seed=0) + np.float32(100.0))  # well away from the origin
+    np.save(folder / "small.npy", plane_cloud(MIN_POINTS, seed=1) * np.float32(0.01))
+    metres = ShardDataset(download_and_preprocess(folder, tmp_path / "m"))
+    scaled = ShardDataset(download_and_preprocess(folder, tmp_path / "s", xyz_scale=0.05))
+    assert scaled.sample_ids == metres.sample_ids  # the limits saw metres: the same samples kept
+    for i in range(len(metres)):
+        np.testing.assert_allclose(scaled[i]["points"], metres[i]["points"] * 0.05, rtol=1e-6, atol=1e-6)
+
+
 def shard_hashes(folder: Path) -> dict[str, str]:
     return {p.name: sha256_file(p) for p in sorted(folder.glob("shard-*.h5"))}
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import multiprocessing
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from depthcontrast.data.checks import SampleLimits, rejection_reason, select_outputs, subsample
 from depthcontrast.data.formats import decode_unit, plan_dataset
@@ -160,15 +162,21 @@ def _log_dataset_rules(dataset: str, index: ShardIndex | None) -> None:
                  "(format.integer_unit_m)", dataset, index.integer_samples, unit)  # fmt: skip
 
 
-def _accept(
-    sample: Sample, source: str, params: dict[str, Any], limits: SampleLimits
-) -> Sample | QuarantineEntry:
+def _accept(sample: Sample, source: str, params: dict[str, Any], limits: SampleLimits) -> Sample | QuarantineEntry:
     rejected = rejection_reason(sample, limits)
     if rejected is not None:
         reason, detail = rejected
         return QuarantineEntry(source=source, sample_id=sample.sample_id, reason=reason, detail=detail)
-    sample = subsample(sample, params["max_points"], params["seed"])
+    sample = scaled(subsample(sample, params["max_points"], params["seed"]), params.get("xyz_scale", 1.0))
     return select_outputs(sample, params["keep_features"], params["keep_labels"])
+
+
+def scaled(sample: Sample, scale: float) -> Sample:
+    """`sample` with its coordinates (points and origin) multiplied by `scale` (preprocess.xyz_scale)."""
+    if scale == 1.0:
+        return sample
+    points = (sample.points.astype(np.float64) * scale).astype(sample.points.dtype, copy=False)
+    return replace(sample, points=points, origin=np.asarray(sample.origin, np.float64) * scale)
 
 
 def check_raw_files_unchanged(manifest: Manifest, manifest_path: Path) -> None:
