@@ -18,6 +18,7 @@ from depthcontrast.evaluate import run_evaluation
 from depthcontrast.evaluate.backbone import backbone_from_checkpoint
 from depthcontrast.evaluate.metrics import compare, confusion_matrix, segmentation_scores
 from depthcontrast.evaluate.protocols import (
+    Clouds,
     backbone_features,
     estimate_bn_statistics,
     finetune,
@@ -223,15 +224,20 @@ def test_estimated_batchnorm_statistics_are_the_mean_of_each_batchs_statistics(s
             assert torch.equal(value, weights[key]), key
 
 
-def test_the_linear_probe_reads_neither_the_loaded_nor_the_initial_batchnorm_statistics(shards: Path, checkpoint):
-    """Both inits are normalised by the training clouds' statistics: a backbone's loaded statistics (a checkpoint's
-    from augmented pretraining views, a random init's 0 / 1) do not change the probe; "loaded" keeps them."""
+def indoor_probe_data(shards: Path) -> tuple[Split, Clouds, Clouds, int]:
+    """The indoor task's split, 256-point training and test clouds, and its class count."""
     kind = task_kind("indoor_segmentation")
     split = split_by_group(load_samples(shards / "demo_indoor", kind), INDOOR_TEST_ROOMS, "room", source="test")
     train = resample(split.train, 256, np.random.default_rng(0))
-    test = resample(split.test, 256, np.random.default_rng(1))
+    return split, train, resample(split.test, 256, np.random.default_rng(1)), len(kind.classes)
+
+
+def test_the_linear_probe_reads_neither_the_loaded_nor_the_initial_batchnorm_statistics(shards: Path, checkpoint):
+    """Both inits are normalised by the training clouds' statistics: a backbone's loaded statistics (a checkpoint's
+    from augmented pretraining views, a random init's 0 / 1) do not change the probe; "loaded" keeps them."""
+    _, train, test, classes = indoor_probe_data(shards)
     settings = TrainSettings(epochs=2, lr=0.01, batch_size=8, momentum=0.9, weight_decay=0.0)
-    cpu, classes = torch.device("cpu"), len(kind.classes)
+    cpu = torch.device("cpu")
     torch.manual_seed(0)
     backbone = backbone_from_checkpoint(checkpoint[0]).build(pretrained=False)
     skewed = backbone_from_checkpoint(checkpoint[0]).build(pretrained=False)
@@ -265,12 +271,9 @@ def test_fp2_scores_reach_every_input_point_and_keep_their_own_at_the_fp2_points
 
 
 def test_both_protocols_score_every_labelled_test_point_not_only_the_fp2_points(shards: Path, checkpoint):
-    kind = task_kind("indoor_segmentation")
-    split = split_by_group(load_samples(shards / "demo_indoor", kind), INDOOR_TEST_ROOMS, "room", source="test")
-    train = resample(split.train, 256, np.random.default_rng(0))
-    test = resample(split.test, 256, np.random.default_rng(1))
+    split, train, test, classes = indoor_probe_data(shards)
     settings = TrainSettings(epochs=1, lr=0.01, batch_size=8, momentum=0.9, weight_decay=0.0)
-    cpu, classes = torch.device("cpu"), len(kind.classes)
+    cpu = torch.device("cpu")
     labelled = int((test.labels != IGNORE_LABEL).sum())
     assert labelled > len(test.xyz) * TINY_BACKBONE["npoints"][1]  # more than the fp2 points could hold
     backbone = backbone_from_checkpoint(checkpoint[0]).build(pretrained=True)
