@@ -103,11 +103,11 @@ def what_target_needs(target: str) -> str:
 
 
 def evaluated_tasks(config: Mapping[str, Any]) -> dict[str, list[str]]:
-    """Each enabled run → the built-in evaluation tasks it gets: all of them when it trains a point encoder
-    (what the evaluation scores), none for a voxel-only run."""
+    """Each enabled run → the built-in evaluation tasks it gets when it trains a point encoder (what the
+    evaluation scores): its `evaluation.tasks`, else all of them; none for a voxel-only run."""
     tasks = sorted(config["evaluate"]["tasks"])
     return {
-        name: tasks if "point" in run_encoders(run) else []
+        name: sorted(run.get("evaluation", {}).get("tasks", tasks)) if "point" in run_encoders(run) else []
         for name, run in sorted(config["pretrain"].items())
         if run["enabled"]
     }

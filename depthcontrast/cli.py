@@ -143,7 +143,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         config_block(config, ("pretrain", args.run), source)
     settings = evaluation_of_run(config, args.run)
     shards = _shard_folder(args.shards) if args.shards else Path(args.results) / "shards" / task["dataset"]
-    run_evaluation(args.task, task, settings, shards, Path(args.checkpoint), Path(args.out))
+    train_shards = None
+    if "train_dataset" in task:
+        train_shards = _shard_folder(args.train_shards or Path(args.results) / "shards" / task["train_dataset"])
+    run_evaluation(args.task, task, settings, shards, Path(args.checkpoint), Path(args.out), train_shards)
     print(Path(args.out) / "metrics.json")
 
 
@@ -283,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--run", help="apply this pretraining run's `evaluation:` overrides (default: none)")
     _settings_source(evaluate)
     evaluate.add_argument("--shards", help="shard folder or its index.json (default: <results>/shards/<its dataset>)")
+    evaluate.add_argument(
+        "--train-shards", help="the task's train_dataset shards (default: <results>/shards/<its train_dataset>)"
+    )
     evaluate.add_argument("--out", required=True, help="folder for metrics.json (the workflow's: <results>/finetune/"
                           "<run>/<task>)")  # fmt: skip
     evaluate.set_defaults(func=cmd_evaluate)

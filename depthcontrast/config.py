@@ -195,9 +195,10 @@ def _check_references(config: dict[str, Any], source: str) -> None:
     for name, dataset in config["datasets"].items():
         _check_point_limits(name, dataset["preprocess"], source)
     for task, settings in config["evaluate"]["tasks"].items():
-        if settings["dataset"] not in config["datasets"]:
-            detail = f"{settings['dataset']!r} is not a configured dataset: {known}"
-            raise ConfigKeyError(source, ("evaluate", "tasks", task, "dataset"), detail)
+        for key in ("dataset", "train_dataset"):
+            if key in settings and settings[key] not in config["datasets"]:
+                detail = f"{settings[key]!r} is not a configured dataset: {known}"
+                raise ConfigKeyError(source, ("evaluate", "tasks", task, key), detail)
     for job_name, job in config["external"].items():
         if job["run"] not in config["pretrain"]:
             raise ConfigKeyError(source, ("external", job_name, "run"), f"{job['run']!r} is not a pretraining run")
@@ -205,6 +206,10 @@ def _check_references(config: dict[str, Any], source: str) -> None:
             detail = f"{job['target']!r} is not in pretrain.{job['run']}.export_targets"
             raise ConfigKeyError(source, ("external", job_name, "target"), detail)
     for run, settings in config["pretrain"].items():
+        for name in settings.get("evaluation", {}).get("tasks", []):
+            if name not in config["evaluate"]["tasks"]:
+                detail = f"{name!r} is not an evaluation task ({', '.join(sorted(config['evaluate']['tasks']))})"
+                raise ConfigKeyError(source, ("pretrain", run, "evaluation", "tasks"), detail)
         for name in settings["datasets"]:
             if name not in config["datasets"]:
                 detail = f"{name!r} is not a configured dataset ({known})"

@@ -300,7 +300,10 @@ class EvaluateTask:
     kind: str
     test_groups: tuple[str, ...]
     xyz_scale: float
+    train_dataset: str | None = None  # None: dataset's other groups train
 
     @classmethod
     def from_block(cls, block: Mapping[str, Any]) -> EvaluateTask:
-        return cls(block["dataset"], block["kind"], tuple(block["test_groups"]), block["xyz_scale"])
+        return cls(
+            block["dataset"], block["kind"], tuple(block["test_groups"]), block["xyz_scale"], block.get("train_dataset")
+        )

@@ -78,6 +78,12 @@ def finetune_outputs():
     return [f"results/finetune/{evaluation}/metrics.json" for evaluation in evaluations()]
 
 
+def train_shards_of(wildcards):
+    """The shards of the task's train_dataset (none: its dataset's other groups train)."""
+    name = config["evaluate"]["tasks"][wildcards.task].get("train_dataset")
+    return [f"results/shards/{name}/index.json"] if name else []
+
+
 def evaluation_gpu(wildcards):
     """1 when the evaluated run trains on a GPU (its `resources.gpu`), else not asked for."""
     return 1 if config["pretrain"][wildcards.run]["resources"]["gpu"] else None

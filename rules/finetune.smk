@@ -6,8 +6,11 @@ rule finetune:
         settings="results/settings/evaluate/{run}/{task}.yaml",
         checkpoint="results/pretrain/{run}/last.pth",
         shards=lambda wildcards: f"results/shards/{config['evaluate']['tasks'][wildcards.task]['dataset']}/index.json",
+        train_shards=train_shards_of,
     output:
         metrics="results/finetune/{run}/{task}/metrics.json",
+    params:
+        train_shards=lambda wildcards, input: f"--train-shards {input.train_shards}" if input.train_shards else "",
     log:
         "results/logs/finetune/{run}/{task}.log",
     benchmark:
@@ -24,4 +27,5 @@ rule finetune:
     shell:
         "depthcontrast --log {log} evaluate --task {wildcards.task} --settings {input.settings}"
         " --checkpoint {input.checkpoint} --shards {input.shards}"
+        " {params.train_shards}"
         " --out results/finetune/{wildcards.run}/{wildcards.task}"

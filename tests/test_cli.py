@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from depthcontrast.architectures import evaluated_tasks
 from depthcontrast.config import load_config
 from depthcontrast.errors import ConfigError
 from depthcontrast.stages.pretrain import training_settings
@@ -82,6 +83,20 @@ def test_an_unknown_evaluation_override_is_a_config_error(tmp_path: Path):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(ConfigError, match="epoch"):
+        load_config(path)
+
+
+def test_a_run_is_scored_on_its_evaluation_tasks_only_and_they_must_exist(tmp_path: Path):
+    config = load_config(CONFIG)
+    config["pretrain"]["gpu_pointnet"]["enabled"] = True
+    tasks = evaluated_tasks(config)
+    assert tasks["demo_pointnet"] == ["indoor_seg", "lidar_seg"]  # config.yaml keeps the demo off the GPU-only task
+    assert tasks["gpu_pointnet"] == ["indoor_seg", "indoor_seg_rooms", "lidar_seg"]
+    raw = yaml.safe_load(CONFIG.read_text())
+    raw["pretrain"]["demo_pointnet"]["evaluation"] = {"tasks": ["indoor_seg", "kicad_cls"]}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"pretrain.demo_pointnet.evaluation.tasks.*'kicad_cls' is not an evaluation"):
         load_config(path)
 
 
@@ -169,5 +184,6 @@ def test_evaluate_names_a_task_the_config_lacks_in_one_line(tmp_path: Path):
     failed = run_cli("evaluate", "--config", str(CONFIG), "--task", "det", "--checkpoint", "last.pth", "--out", "x")
     assert failed.returncode == 2
     assert failed.stderr.splitlines() == [
-        f"depthcontrast: error: {CONFIG}: no evaluate.tasks.det (evaluate.tasks has: indoor_seg, lidar_seg)"
+        f"depthcontrast: error: {CONFIG}: no evaluate.tasks.det (evaluate.tasks has: "
+        f"{', '.join(sorted(yaml.safe_load(CONFIG.read_text())['evaluate']['tasks']))})"
     ]

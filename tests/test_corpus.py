@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import open3d as o3d
 import pytest
 import yaml
@@ -21,6 +22,7 @@ from depthcontrast.data.shards import read_index
 from depthcontrast.data.sources.builtin import BUILTIN_DIR
 from depthcontrast.data.sources.corpus import PROVENANCE_FILE, write_corpus, write_lidar_corpus
 from depthcontrast.errors import ConfigError
+from depthcontrast.evaluate.tasks import IGNORE_LABEL, INDOOR_CLASSES, load_samples, task_kind
 from depthcontrast.io_utils import sha256_file
 from tests.test_preprocess import download_and_preprocess
 
@@ -68,6 +70,21 @@ def test_the_corpus_preprocesses_into_shards(tmp_path: Path, mesh_files: dict[st
     write_corpus(corpus_source(rooms=3), mesh_files, tmp_path / "corpus")
     shards = download_and_preprocess(tmp_path / "corpus", tmp_path / "work")
     assert read_index(shards).num_samples == 3 * 2
+
+
+def test_a_labelled_corpus_gives_indoor_task_labels_and_the_unlabelled_one_stays_the_same_bytes(
+    tmp_path: Path, mesh_files: dict[str, Path]
+) -> None:
+    write_corpus(corpus_source(rooms=2), mesh_files, tmp_path / "plain")
+    written = write_corpus(corpus_source(rooms=2, labels=True), mesh_files, tmp_path / "labelled")
+    assert "room_00000/label/000000.png" in written
+    plain, labelled = hashes(tmp_path / "plain"), hashes(tmp_path / "labelled")
+    assert all(labelled[path] == digest for path, digest in plain.items() if path != PROVENANCE_FILE)
+    shards = download_and_preprocess(tmp_path / "labelled", tmp_path / "work")
+    samples = load_samples(shards, task_kind("indoor_segmentation"))
+    assert sorted(set(samples.groups)) == ["room_00000", "room_00001"]
+    classes = set(np.concatenate(samples.labels).tolist()) - {IGNORE_LABEL}
+    assert {0, 1} <= classes <= set(range(len(INDOOR_CLASSES)))  # floor and walls at least, nothing unknown
 
 
 def test_the_schema_takes_a_corpus_source_and_names_a_mesh_it_does_not_know() -> None:

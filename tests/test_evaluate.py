@@ -4,6 +4,7 @@ and metrics.json from a tiny run on the real built-in shards."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -306,6 +307,32 @@ def test_metrics_json_holds_seeds_mean_std_difference_and_noise_flag(shards: Pat
             assert diff["difference"] == pytest.approx(expected)
             assert diff["within_noise"] == (abs(expected) <= diff["noise"])
     assert (tmp_path / "out" / "finetuned.pth").is_file()
+
+
+def test_a_train_dataset_trains_and_the_datasets_test_groups_test(shards: Path, checkpoint, tmp_path: Path):
+    raw = shards.parent / "raw" / "demo_lidar"
+    folder = tmp_path / "train_tiles"
+    folder.mkdir()
+    for path in sorted(raw.rglob("*.la[sz]")):
+        if lidar_tile(path.stem) not in LIDAR_TEST_TILES:
+            shutil.copy(path, folder / path.name)
+    config = tmp_path / "config.yaml"
+    source = {"source": {"kind": "local", "path": str(folder)}, "preprocess": {"max_points": 4000, "min_points": 500}}
+    config.write_text(yaml.safe_dump({"datasets": {"train_tiles": source}}))
+    for stage in ("download", "preprocess"):
+        done = run_cli(stage, "--config", str(config), "--dataset", "train_tiles", "--results", str(tmp_path / "r"))
+        assert done.returncode == 0, done.stderr
+    task = {"dataset": "demo_lidar", "train_dataset": "train_tiles", "kind": "lidar_segmentation",
+            "test_groups": LIDAR_TEST_TILES, "xyz_scale": 0.05}  # fmt: skip
+    settings = {**TINY_SETTINGS, "seeds": [0], "protocols": ["linear"]}
+    train_shards = tmp_path / "r" / "shards" / "train_tiles"
+    path = checkpoint[0]
+    returned = run_evaluation("lidar_seg", task, settings, shards / "demo_lidar", path, tmp_path / "out", train_shards)
+    assert returned["train_dataset"] == "train_tiles"
+    assert all(sample.startswith("train_tiles/") for sample in returned["split"]["train_samples"])
+    assert {lidar_tile(sample) for sample in returned["split"]["test_samples"]} == set(LIDAR_TEST_TILES)
+    with pytest.raises(DataError, match="overlap"):  # the dataset itself: its test tiles would train too
+        run_evaluation("lidar_seg", task, settings, shards / "demo_lidar", path, tmp_path / "o", shards / "demo_lidar")
 
 
 def test_checkpoint_without_a_point_encoder_is_a_clear_error(checkpoint, tmp_path: Path):

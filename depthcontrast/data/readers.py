@@ -51,8 +51,6 @@ KITTI_RECORD_BYTES = KITTI_COLUMNS * 4
 RGB_MAX = 255
 
 
-
-
 @contextlib.contextmanager
 def unreadable_on_error(path: Path | str, what: str) -> Iterator[None]:
     """Turn any library exception inside the block into SampleError('unreadable')."""

@@ -107,6 +107,7 @@ def voxelize(points: np.ndarray, grid: VoxelGrid) -> Voxels:
 def collate_voxels(clouds: Sequence[Voxels]) -> dict[str, Any]:
     """A batch for the sparse encoder: features [ΣM, C], coords [ΣM, 4] int32 (batch, z, y, x), batch_size."""
     import torch  # here: the config and specs read VoxelGrid without importing torch
+
     features = np.concatenate([v.features for v in clouds], axis=0)
     coords = np.concatenate(
         [np.concatenate([np.full((len(v.coords), 1), b, np.int32), v.coords], axis=1) for b, v in enumerate(clouds)],

@@ -98,8 +98,11 @@ def run_evaluation(
     shard_dir: str | Path,
     checkpoint: str | Path,
     out_dir: str | Path,
+    train_shard_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate `checkpoint`'s point encoder on one task against a random init; write out_dir/metrics.json.
+
+    With the task's `train_dataset`, its shards (`train_shard_dir`) train and `shard_dir`'s test groups test.
 
     task_block: a validated `evaluate.tasks.<name>` block ({dataset, kind, test_groups, xyz_scale}); settings_block:
     the validated `evaluate` block (seeds, points, protocols, linear, finetune); both parsed at once into their
@@ -126,6 +129,11 @@ def run_evaluation(
         kind.group_name,
         source=f"evaluate.tasks.{task_name}",
     )
+    if task.train_dataset is not None:
+        if train_shard_dir is None:
+            raise ConfigError(f"evaluate.tasks.{task_name}: train_dataset {task.train_dataset} needs its shard folder")
+        split = Split(load_samples(Path(train_shard_dir), kind, task.xyz_scale, spec.features), split.test)
+        split.check_disjoint(kind.group_name)
     test = resample(split.test, points, np.random.default_rng(TEST_SAMPLING_SEED))
     for side, labelled in (("train", split.train.labels), ("test", [test.labels])):
         if not any((labels != IGNORE_LABEL).any() for labels in labelled):
@@ -163,6 +171,7 @@ def run_evaluation(
         "task": task_name,
         "kind": task.kind,
         "dataset": task.dataset,
+        **({"train_dataset": task.train_dataset} if task.train_dataset else {}),
         "xyz_scale": task.xyz_scale,
         "classes": list(kind.classes),
         "checkpoint": {"path": str(checkpoint), "sha256": sha256_file(checkpoint)},

@@ -51,7 +51,8 @@ def evaluation_of_run(config: Mapping[str, Any], run: str | None) -> dict[str, A
     runs = config.get("pretrain", {})
     overrides = runs[run].get("evaluation", {}) if run in runs else {}
     for key, value in overrides.items():
-        shared[key] = {**shared[key], **value} if isinstance(value, Mapping) else value
+        if key != "tasks":  # which tasks, not how: see architectures.evaluated_tasks
+            shared[key] = {**shared[key], **value} if isinstance(value, Mapping) else value
     return shared
 
 

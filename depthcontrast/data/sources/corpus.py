@@ -55,7 +55,7 @@ LIDAR_STREAM = 1  # second seed component of the LiDAR crops
 CROP_SIZE_FACTOR = (0.75, 1.25)  # a crop's side, times its tile's built-in crop size
 CROP_TRIES = 20
 LAS_SOFTWARE = "depthcontrast corpus"
-ROOM_CLASSES = ("no_return", "floor", "wall", "ceiling", "table", "object")  # colour only: no labels are written
+ROOM_CLASSES = ("no_return", "floor", "wall", "ceiling", "table", "object")  # label ids (labels: true) and colours
 ALBEDO = np.array(
     [(0.0, 0.0, 0.0), (0.55, 0.45, 0.35), (0.85, 0.84, 0.78), (0.95, 0.95, 0.95), (0.50, 0.32, 0.20), (0.7, 0.65, 0.6)]
 )
@@ -101,8 +101,10 @@ def write_corpus(source: Mapping[str, Any], mesh_files: Mapping[str, Path], out_
         for frame_index in range(source["frames_per_room"]):
             frame = f"{frame_index:06d}"
             pose = rooms.camera_pose(rng, layout["room_m"], targets)
-            depth, _, colour = rooms.render(scene, part_classes, pose, ALBEDO)
+            depth, label, colour = rooms.render(scene, part_classes, pose, ALBEDO)
             images = {"depth": depth, **({"color": colour} if source["color"] else {})}
+            if source.get("labels"):
+                images["label"] = label
             for kind, array in images.items():
                 rooms.write_png(out_dir / name / kind / f"{frame}.png", array)
                 written.append(f"{name}/{kind}/{frame}.png")
@@ -119,7 +121,8 @@ def provenance(source: Mapping[str, Any], mesh_files: Mapping[str, Path], layout
     """What the corpus is made of and how: PROVENANCE.json."""
     return {
         "generator": "depthcontrast.data.sources.corpus",
-        "settings": {key: source[key] for key in ("subset", "rooms", "frames_per_room", "seed", "color")},
+        "settings": {key: source[key] for key in ("subset", "rooms", "frames_per_room", "seed", "color")}
+        | ({"labels": True} if source.get("labels") else {}),
         "seed_of_room_i": [CORPUS_SEED_DOMAIN, source["seed"], "i"],
         "package": {"name": CGAL_PACKAGE, "version": CGAL_VERSION, "file": CGAL_DEB, "sha256": CGAL_DEB_SHA256},
         "licence": LICENCE_CGAL,
