@@ -124,10 +124,14 @@ def backbone_features(
     return torch.cat(features), torch.cat(inds)
 
 
+def _feature_rows(features: torch.Tensor) -> torch.Tensor:
+    """[N, C, M] fp2 features → rows [N*M, C]."""
+    return features.transpose(1, 2).reshape(-1, features.shape[1])
+
+
 def _point_rows(features: torch.Tensor, inds: torch.Tensor, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """[N, C, M] features and their fp2 labels → rows [N*M, C], labels [N*M]."""
-    point_labels = labels_at(torch.from_numpy(labels), inds)
-    return features.transpose(1, 2).reshape(-1, features.shape[1]), point_labels.reshape(-1)
+    return _feature_rows(features), labels_at(torch.from_numpy(labels), inds).reshape(-1)
 
 
 def linear_probe(
@@ -154,7 +158,7 @@ def linear_probe(
     rows_per_batch = settings.batch_size * train_features.shape[2]  # a batch: the fp2 points of batch_size clouds
     train_x, train_y = _point_rows(train_features, train_inds, train.labels)
     test_features, test_inds = backbone_features(backbone, test.xyz, settings.batch_size, device)
-    test_x = test_features.transpose(1, 2).reshape(-1, test_features.shape[1])
+    test_x = _feature_rows(test_features)
     scored = train_y != IGNORE_LABEL
     train_x, train_y = train_x[scored], train_y[scored]
     mean, std = train_x.mean(dim=0), train_x.std(dim=0) + STANDARDISE_EPS

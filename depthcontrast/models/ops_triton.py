@@ -226,13 +226,9 @@ def farthest_point_sample(xyz: torch.Tensor, npoint: int, start_index: int) -> t
     return out
 
 
-def ball_query(xyz: torch.Tensor, centres: torch.Tensor, radius2: float, nsample: int) -> torch.Tensor:
-    """ops.ball_query for float32 contiguous CUDA tensors, with the float32 squared radius."""
-    return ball_query_pair(xyz, centres, [(radius2, nsample)])[0]
-
-
 def ball_query_pair(xyz: torch.Tensor, centres: torch.Tensor, balls: list[tuple[float, int]]) -> list[torch.Tensor]:
-    """ball_query for one or two (float32 squared radius, nsample) balls about the same centres, in one scan."""
+    """ops.ball_query_scales for float32 contiguous CUDA tensors and one or two (float32 squared radius,
+    nsample) balls about the same centres, in one scan."""
     batch, n, _ = xyz.shape
     m = centres.shape[1]
     outs = [torch.empty(batch, m, k, dtype=torch.long, device=xyz.device) for _, k in balls]
