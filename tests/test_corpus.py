@@ -108,3 +108,8 @@ def test_lidar_crops_are_the_same_bytes_every_time_and_keep_out_of_the_evaluatio
     assert all(crop["points"] >= MIN_CROP_POINTS for crop in crops.values())
     shards = download_and_preprocess(tmp_path / "a", tmp_path / "work")
     assert read_index(shards).num_samples == 4
+    samples = load_samples(shards, task_kind("lidar_segmentation"))  # its classes train the LiDAR task
+    tile_of = {Path(rel).with_suffix("").as_posix(): crop["tile"] for rel, crop in crops.items()}
+    assert sorted(samples.groups) == sorted(tile_of.values())
+    assert all(samples.groups[i] == tile_of[sample.split("/", 1)[1]] for i, sample in enumerate(samples.sample_ids))
+    assert all((labels != IGNORE_LABEL).any() for labels in samples.labels)

@@ -96,11 +96,13 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn
     return _save(tmp_path_factory.mktemp("ckpt") / "last.pth", model.state_dict(), run), model
 
 
-def test_lidar_crop_tile_is_its_name_without_the_cell_suffix():
+def test_lidar_crop_tile_is_its_name_without_the_cell_suffix_or_a_corpus_crop_folder():
     assert lidar_tile("demo_lidar/lidar/autzen_3_1") == "autzen"
     assert lidar_tile("demo_lidar/lidar/append_bug_0_27") == "append_bug"
-    with pytest.raises(DataError, match="cannot tell its tile"):
-        lidar_tile("demo_lidar/lidar/autzen")
+    assert lidar_tile("corpus_lidar/wkt_geotiff/crop_00012") == "wkt_geotiff"
+    for name in ("demo_lidar/lidar/autzen", "crop_00012", "corpus_lidar/autzen/crop_x"):
+        with pytest.raises(DataError, match="cannot tell its tile"):
+            lidar_tile(name)
     assert indoor_room("demo_indoor/indoor/room_03/000002") == "room_03"
 
 

@@ -48,15 +48,21 @@ INDOOR_CLASSES = ("floor", "wall", "ceiling", "table", "object")
 INDOOR_LABEL_TO_CLASS = {1: 0, 2: 1, 3: 2, 4: 3, 5: 4, 6: 4, 7: 4}
 INDOOR_LABELS = 8  # 0 no_return ... 7 chinese_dragon
 
-LIDAR_CROP_NAME = re.compile(r"^(?P<tile>.+)_\d+_\d+$")
+LIDAR_CROP_NAME = re.compile(r"^(?P<tile>.+)_\d+_\d+$")  # a built-in crop: <tile>_<ix>_<iy>
+CORPUS_CROP_NAME = re.compile(r"^crop_\d+$")  # a corpus crop: <tile>/crop_<j>
 
 
 def lidar_tile(sample_id: str) -> str:
-    """The tile of a LiDAR crop: `demo_lidar/lidar/autzen_3_1` → `autzen` (its name minus `_<ix>_<iy>`)."""
-    name = sample_id.rsplit("/", 1)[-1]
-    match = LIDAR_CROP_NAME.match(name)
+    """The tile of a LiDAR crop: `demo_lidar/lidar/autzen_3_1` → `autzen` (its name minus `_<ix>_<iy>`), or
+    `corpus_lidar/autzen/crop_00012` → `autzen` (a corpus crop's folder)."""
+    parts = sample_id.split("/")
+    if len(parts) >= 2 and CORPUS_CROP_NAME.match(parts[-1]):
+        return parts[-2]
+    match = LIDAR_CROP_NAME.match(parts[-1])
     if match is None:
-        raise DataError(f"sample {sample_id!r}: not a LiDAR crop name <tile>_<ix>_<iy>; cannot tell its tile")
+        raise DataError(
+            f"sample {sample_id!r}: neither a LiDAR crop name <tile>_<ix>_<iy> nor <tile>/crop_<j>; cannot tell its tile"
+        )
     return match["tile"]
 
 

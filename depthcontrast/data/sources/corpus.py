@@ -14,7 +14,8 @@ The package is fetched once with `apt-get download` into $DEPTHCONTRAST_CACHE/co
 `subset: lidar`: more crops of the real aerial LiDAR tiles, cut from the built-in data's tiles (re-assembled
 from its crops; no download): crop j is a square of about the tile's built-in crop size, centred on a random
 point of a random tile (weighted by points), turned by a random yaw, re-centred like the built-in crops, as
-`crop_<j>.laz` with intensity and classes. The default `tiles` are those the built-in LiDAR evaluation trains on,
+`<tile>/crop_<j>.laz` with intensity and classes (the folder names the crop's tile, for the evaluation's
+group-disjoint splits). The default `tiles` are those the built-in LiDAR evaluation trains on,
 not its test tiles.
 
 Both write PROVENANCE.json: the inputs with their sha256 and licences, the settings and what each room or crop
@@ -150,7 +151,7 @@ def write_lidar_corpus(source: Mapping[str, Any], builtin_dir: Path, out_dir: Pa
         name = names[rng.choice(len(names), p=weights / weights.sum())]
         cloud, size = tiles[name]
         crop, record = random_crop(rng, cloud, size * rng.uniform(*CROP_SIZE_FACTOR))
-        rel = f"crop_{index:05d}.laz"
+        rel = f"{name}/crop_{index:05d}.laz"
         lidar_tiles.write_laz(out_dir / rel, crop.xyz, crop.intensity, crop.classification, software=LAS_SOFTWARE)
         written.append(rel)
         crops[rel] = {"tile": name, **record}
