@@ -61,7 +61,7 @@ def lidar_tile(sample_id: str) -> str:
     match = LIDAR_CROP_NAME.match(parts[-1])
     if match is None:
         raise DataError(
-            f"sample {sample_id!r}: neither a LiDAR crop name <tile>_<ix>_<iy> nor <tile>/crop_<j>; cannot tell its tile"
+            f"sample {sample_id!r}: neither a LiDAR crop <tile>_<ix>_<iy> nor <tile>/crop_<j>; cannot tell its tile"
         )
     return match["tile"]
 
