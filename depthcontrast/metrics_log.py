@@ -11,8 +11,10 @@ from depthcontrast.io_utils import atomic_path
 
 METRIC_FIELDS = (
     "epoch", "step", "global_step", "lr", "loss", "npid", "npid_other", "cmc_p2i", "cmc_i2p",
-    "samples_per_s", "data_s", "compute_s", "gpu_mem_gib",
+    "samples_per_s", "data_s", "compute_s", "gpu_mem_gib", "samples", "run_s",
 )  # fmt: skip
+# samples: samples trained on so far (steps x global batch); run_s: wall seconds of training so far, summed over
+# the attempts a resumed run took (up to its checkpoints)
 
 
 class MetricsLog:

@@ -58,6 +58,9 @@ def plot_training(run: str, metrics_csv: Path, out_png: Path) -> dict[str, float
         "last_epoch_loss": means[epochs[-1]],
         "steps": steps[-1] if steps else 0,
         "median_samples_per_s": sorted(float(r["samples_per_s"]) for r in rows)[len(rows) // 2],
+        # metrics.csv of older versions has neither column
+        "samples": int(rows[-1]["samples"]) if rows and rows[-1].get("samples") else None,
+        "seconds": float(rows[-1]["run_s"]) if rows and rows[-1].get("run_s") else None,
     }
 
 
@@ -73,7 +76,7 @@ def downstream_rows(run: str, metrics_json: Path) -> list[dict[str, Any]]:
         rows.append({
             "run": run, "task": data["task"], "protocol": protocol, "seeds": len(data["settings"]["seeds"]),
             "metric": metric, "pretrained": pre, "scratch": scr, "difference": diff["difference"],
-            "within_noise": diff["within_noise"],
+            "within_noise": diff["within_noise"], "seconds": result.get("seconds"),
         })  # fmt: skip
     return rows
 
@@ -102,6 +105,15 @@ def _task_label(row: dict[str, Any]) -> str:
 
 def _pm(stat: dict[str, float]) -> str:
     return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+
+
+def _duration(seconds: float | None) -> str:
+    """`42 s`, `12.5 min`, `2.1 h`; `—` when not recorded."""
+    if seconds is None:
+        return "—"
+    if seconds < 100:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 6000 else f"{seconds / 3600:.1f} h"
 
 
 def _unfinished_lines(unfinished: Sequence[RunStatus]) -> list[str]:
@@ -134,32 +146,33 @@ def write_summary(
         lines += [f"**Incomplete**: {len(runs)} runs finished; {_what_is_missing(unfinished)} (see *Not finished*). "
                   "The next `snakemake` run rebuilds this file.", ""]  # fmt: skip
     lines += ["## Pretraining", "",
-              "| run | epochs | steps | loss, first epoch | loss, last epoch | median samples/s |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
+              "| run | epochs | steps | loss, first epoch | loss, last epoch | median samples/s | samples seen | time |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     training = {}
     for run, folder in sorted(runs.items()):
         stats = plot_training(run, folder / "metrics.csv", plot_dir / f"training_{run}.png")
         training[run] = stats
         lines.append(
             f"| {run} | {stats['epochs']} | {stats['steps']} | {stats['first_epoch_loss']:.3f} | "
-            f"{stats['last_epoch_loss']:.3f} | {stats['median_samples_per_s']:.1f} |"
+            f"{stats['last_epoch_loss']:.3f} | {stats['median_samples_per_s']:.1f} | "
+            f"{'—' if stats['samples'] is None else format(stats['samples'], ',')} | {_duration(stats['seconds'])} |"
         )
     rows = [
         row for run, files in sorted(downstream.items()) for path in sorted(files) for row in downstream_rows(run, path)
     ]
     lines += ["", "## Downstream (test mIoU unless the task names its metric, mean ± std over seeds)", "",
-              "| run | task | protocol | seeds | pretrained | scratch | pretrained − scratch | verdict |",
-              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+              "| run | task | protocol | seeds | pretrained | scratch | pretrained − scratch | verdict | time |",
+              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         verdict = "within noise" if r["within_noise"] else ("pretraining helps" if r["difference"] > 0 else "worse")
         lines.append(
             f"| {r['run']} | {_task_label(r)} | {r['protocol']} | {r['seeds']} | {_pm(r['pretrained'])} | "
-            f"{_pm(r['scratch'])} | {r['difference']:+.3f} | {verdict} |"
+            f"{_pm(r['scratch'])} | {r['difference']:+.3f} | {verdict} | {_duration(r['seconds'])} |"
         )
     if rows:
         plot_downstream(rows, plot_dir / "downstream.png")
     else:
-        lines.append("| (no evaluation results) | | | | | | | |")
+        lines.append("| (no evaluation results) | | | | | | | | |")
     if unfinished:
         lines += _unfinished_lines(unfinished)
     lines += ["", f"Plots: {plot_dir}/ (also in `snakemake --report report.html`)", ""]

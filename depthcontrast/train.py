@@ -165,6 +165,7 @@ class Trainer:
         use_bf16 = run.precision == "bf16" and self.device.type == "cuda"
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
         self.epoch, self.batch, self.global_step = 0, 0, 0
+        self.train_seconds, self._fit_started = 0.0, time.perf_counter()  # seconds of earlier attempts; this one's start
         self.metrics = MetricsLog(self.resume_dir / "metrics.csv", enabled=world.is_main)
         self.loader = DataLoader(
             self.dataset, batch_size=run.batch_size, sampler=self.sampler, num_workers=run.num_workers,
@@ -184,6 +185,7 @@ class Trainer:
             "epoch": self.epoch,
             "batch": self.batch,
             "step": self.global_step,
+            "train_seconds": self.run_seconds(),
             "world_size": self.world.world_size,
             "rng": _rng_states_of_all_ranks(self.world),
             "run_name": self.run_name,
@@ -223,6 +225,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.batch, self.global_step = state["epoch"], state["batch"], state["step"]
+        self.train_seconds = state.get("train_seconds", 0.0)  # absent in checkpoints of older versions
         rng = state["rng"]
         restore_rng_state(rng[self.world.rank] if self.world.rank < len(rng) else rng[0])
         self.metrics.truncate_after(self.global_step)
@@ -287,7 +290,12 @@ class Trainer:
             workers._shutdown_workers()
             self.loader._iterator = None
 
+    def run_seconds(self) -> float:
+        """Wall seconds of training so far: the attempts before the checkpoint resumed from, plus this one's."""
+        return self.train_seconds + time.perf_counter() - self._fit_started
+
     def _fit(self, stop: StopFlag) -> int:
+        self._fit_started = time.perf_counter()
         self.module.train()
         batches = iter(self._loader())  # one pass over every epoch left: no refill of the prefetch at epoch starts
         while self.epoch < self.run.epochs:
@@ -336,6 +344,8 @@ class Trainer:
             "epoch": self.epoch, "step": self.batch, "global_step": self.global_step, "lr": f"{lr:.6g}",
             "loss": f"{loss.item():.6f}", "data_s": f"{data_s:.4f}", "compute_s": f"{elapsed - data_s:.4f}",
             "samples_per_s": f"{self.run.batch_size * self.world.world_size / max(elapsed, 1e-9):.2f}",
+            "samples": self.global_step * self.run.batch_size * self.world.world_size,
+            "run_s": f"{self.run_seconds():.1f}",
         }  # fmt: skip
         row.update({name: f"{value.item():.6f}" for name, value in terms.items()})
         if not math.isfinite(float(row["loss"])):

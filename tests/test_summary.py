@@ -95,3 +95,21 @@ def test_a_task_with_its_own_headline_metric_is_summarised_on_it(tmp_path: Path)
     assert row["metric"] == "mean_class_accuracy" and row["difference"] == 0.06 and row["scratch"]["mean"] == 0.24
     report.plot_downstream([row], tmp_path / "downstream.png")
     assert (tmp_path / "downstream.png").stat().st_size > 0
+
+
+def test_the_summary_gives_samples_seen_and_the_time_of_pretraining_and_of_each_protocol(tmp_path: Path):
+    folder = tmp_path / "pretrain" / "demo"
+    folder.mkdir(parents=True)
+    (folder / "last.pth").write_bytes(b"checkpoint")
+    header = "epoch,global_step,loss,samples_per_s,samples,run_s\n"
+    (folder / "metrics.csv").write_text(header + "0,1,2.0,10.0,32,3.5\n1,2,1.0,12.0,64,754.2\n")
+    evaluation(tmp_path)
+    metrics = tmp_path / "finetune" / "demo" / "seg" / "metrics.json"
+    data = json.loads(metrics.read_text())
+    data["results"]["linear"]["seconds"] = 42.4
+    metrics.write_text(json.dumps(data))
+    summarize_results(tmp_path, ["demo"], TASKS)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| demo | 2 | 2 | 2.000 | 1.000 | 12.0 | 64 | 12.6 min |" in summary
+    assert "| +0.100 | pretraining helps | 42 s |" in summary
+

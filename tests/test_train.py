@@ -140,6 +140,11 @@ def assert_resume_finishes_like(results: Path, interrupted: Path, straight: Path
     for key in expected:
         assert torch.equal(expected[key], actual[key]), key
     assert loss_column(straight / "metrics.csv") == loss_column(interrupted / "metrics.csv")
+    with open(interrupted / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(row["samples"]) for row in rows] == [int(row["global_step"]) * TINY_RUN["batch_size"] for row in rows]
+    seconds = [float(row["run_s"]) for row in rows]  # the resumed attempt goes on from the first one's time
+    assert seconds == sorted(seconds) and seconds[0] > 0
 
 
 @pytest.mark.slow

@@ -94,3 +94,13 @@ def _check_layout(path: Path, reference: nn.Module, weights: dict[str, torch.Ten
         raise CheckpointError(
             f"{path}: the point query encoder does not fit the {name} backbone its config names: {'; '.join(details)}"
         )
+
+
+def evaluation_device() -> torch.device:
+    """The device evaluations run on: the first GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_label(device: torch.device) -> str:
+    """What metrics.json records of `device`: the GPU's name (`NVIDIA H200`), or `cpu`."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

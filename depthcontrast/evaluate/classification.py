@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from depthcontrast.data.shards import read_index
 from depthcontrast.data.sources.kicad import model_class, variant_group
 from depthcontrast.errors import ConfigError, DataError
-from depthcontrast.evaluate.backbone import backbone_from_checkpoint
+from depthcontrast.evaluate.backbone import backbone_from_checkpoint, device_label, evaluation_device
 from depthcontrast.evaluate.metrics import NOISE_RULE, compare, confusion_matrix, mean_std
 from depthcontrast.evaluate.protocols import STANDARDISE_EPS, backbone_features, estimate_bn_statistics, resample
 from depthcontrast.evaluate.tasks import OBJECT_CLASSIFICATION, Samples, Split, TaskKind, load_samples
@@ -290,10 +290,11 @@ def run_classification(
     train_y = np.array([label_of[object_class(i)] for i in split.train.sample_ids], dtype=np.int64)
     test_y = np.array([label_of[object_class(i)] for i in split.test.sample_ids], dtype=np.int64)
     test_xyz = resample(split.test, settings.points, np.random.default_rng(TEST_SAMPLING_SEED)).xyz
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = evaluation_device()
     log.info("%s: %d classes, %d train / %d test objects in %d / %d %ss, %d points each, seeds %s", task_name,
              len(classes), len(split.train), len(split.test), len(set(split.train.groups)),
              len(set(split.test.groups)), GROUP_NAME, settings.points, list(settings.seeds))  # fmt: skip
+    runs_started = time.monotonic()
     runs: dict[str, dict[str, Any]] = {init: {} for init in INITS}
     for init in INITS:
         for seed in settings.seeds:
@@ -309,7 +310,7 @@ def run_classification(
                 f"{task_name} {PROTOCOL} {init} seed {seed}: accuracy {scores['accuracy']:.4f} mean class accuracy "
                 f"{scores['mean_class_accuracy']:.4f} ({time.monotonic() - run_started:.1f} s)"
             )
-    result = _summary(runs)
+    result = _summary(runs) | {"seconds": round(time.monotonic() - runs_started, 1)}
     for metric, diff in result["pretrained_minus_scratch"].items():
         noise = "within" if diff["within_noise"] else "beyond"
         log.info(f"{task_name} {PROTOCOL}: {metric} pretrained - scratch = {diff['difference']:+.4f} "
@@ -329,6 +330,7 @@ def run_classification(
         "noise_rule": NOISE_RULE,
         "results": {PROTOCOL: result},
         "seconds": round(time.monotonic() - started, 1),
+        "device": device_label(device),
     }  # fmt: skip
     atomic_write_json(out_dir / METRICS_FILE, metrics)
     return metrics

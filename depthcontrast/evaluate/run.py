@@ -13,7 +13,12 @@ import numpy as np
 import torch
 
 from depthcontrast.errors import ConfigError, DataError
-from depthcontrast.evaluate.backbone import CheckpointBackbone, backbone_from_checkpoint
+from depthcontrast.evaluate.backbone import (
+    CheckpointBackbone,
+    backbone_from_checkpoint,
+    device_label,
+    evaluation_device,
+)
 from depthcontrast.evaluate.classification import run_classification
 from depthcontrast.evaluate.metrics import NOISE_RULE, segmentation_scores, summarise
 from depthcontrast.evaluate.protocols import Clouds, finetune, linear_probe, resample
@@ -35,10 +40,6 @@ INITS = ("pretrained", "scratch")
 TEST_SAMPLING_SEED = 0  # one resampling of the test clouds, shared by every protocol, init and seed
 METRICS_FILE = "metrics.json"
 FINETUNED_FILE = "finetuned.pth"  # the finetuned model of the first seed from the pretrained init
-
-
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _settings_record(settings: EvaluateSpec) -> dict[str, Any]:
@@ -76,7 +77,7 @@ def _one_run(
     out_dir: Path,
 ) -> dict[str, Any]:
     """Train and score one (protocol, init, seed); keeps the first seed's finetuned pretrained model."""
-    device, num_classes, points = _device(), len(kind.classes), settings.points
+    device, num_classes, points = evaluation_device(), len(kind.classes), settings.points
     train_settings = settings.protocols[protocol]
     torch.manual_seed(seed)
     backbone = backbone_of.build(pretrained=init == "pretrained").to(device)
@@ -150,6 +151,7 @@ def run_evaluation(
     )
     results: dict[str, Any] = {}
     for protocol in settings.protocols:
+        protocol_started = time.monotonic()
         runs: dict[str, dict[str, Any]] = {init: {} for init in INITS}
         for init in INITS:
             for seed in seeds:
@@ -160,7 +162,7 @@ def run_evaluation(
                     f"{task_name} {protocol} {init} seed {seed}: mIoU {scores['miou']:.4f} "
                     f"accuracy {scores['accuracy']:.4f} ({time.monotonic() - run_started:.1f} s)"
                 )
-        results[protocol] = summarise(runs)
+        results[protocol] = summarise(runs) | {"seconds": round(time.monotonic() - protocol_started, 1)}
         for metric, diff in results[protocol]["pretrained_minus_scratch"].items():
             noise = "within" if diff["within_noise"] else "beyond"
             log.info(
@@ -187,6 +189,7 @@ def run_evaluation(
         "noise_rule": NOISE_RULE,
         "results": results,
         "seconds": round(time.monotonic() - started, 1),
+        "device": device_label(evaluation_device()),
     }
     atomic_write_json(out_dir / METRICS_FILE, metrics)
     return metrics
