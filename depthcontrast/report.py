@@ -146,7 +146,8 @@ def write_summary(
         lines += [f"**Incomplete**: {len(runs)} runs finished; {_what_is_missing(unfinished)} (see *Not finished*). "
                   "The next `snakemake` run rebuilds this file.", ""]  # fmt: skip
     lines += ["## Pretraining", "",
-              "| run | epochs | steps | loss, first epoch | loss, last epoch | median samples/s | samples seen | time |",
+              "| run | epochs | steps | loss, first epoch | loss, last epoch | median samples/s | samples seen "
+              "| time |",
               "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     training = {}
     for run, folder in sorted(runs.items()):

@@ -165,7 +165,8 @@ class Trainer:
         use_bf16 = run.precision == "bf16" and self.device.type == "cuda"
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
         self.epoch, self.batch, self.global_step = 0, 0, 0
-        self.train_seconds, self._fit_started = 0.0, time.perf_counter()  # seconds of earlier attempts; this one's start
+        # wall seconds of the attempts before the checkpoint resumed from, and when this attempt's training began
+        self.train_seconds, self._fit_started = 0.0, time.perf_counter()
         self.metrics = MetricsLog(self.resume_dir / "metrics.csv", enabled=world.is_main)
         self.loader = DataLoader(
             self.dataset, batch_size=run.batch_size, sampler=self.sampler, num_workers=run.num_workers,
