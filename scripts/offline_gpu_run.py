@@ -284,10 +284,25 @@ def wait(args: argparse.Namespace) -> int:
         time.sleep(args.every_s)
 
 
+def write_encoder(checkpoint: Path, out: Path) -> None:
+    """The point query encoder of `checkpoint` alone, in a checkpoint that `depthcontrast evaluate` reads (a
+    few MB, where the whole state with key encoder, queue and optimizer can be hundreds)."""
+    from depthcontrast.checkpoint import load_checkpoint, save_checkpoint
+    from depthcontrast.evaluate.backbone import QUERY_ENCODER_PREFIX
+
+    state = load_checkpoint(checkpoint)
+    model = {key: value for key, value in state["model"].items() if key.startswith(QUERY_ENCODER_PREFIX)}
+    kept = {key: state[key] for key in ("epoch", "step", "config", "run_name") if key in state}
+    save_checkpoint(out, {**kept, "model": model, "optimizer": {}})
+
+
 def collect(args: argparse.Namespace) -> None:
-    """summary.md, chain.json and a tar.gz of the metrics, settings and logs, into `--out`."""
+    """summary.md, chain.json, a tar.gz of the metrics, settings and logs, and each finished run's point encoder
+    (<run>.encoder.pth), into `--out`."""
     results = args.root / "results"
     args.out.mkdir(parents=True, exist_ok=True)
+    for checkpoint in sorted(results.glob("pretrain/*/last.pth")):
+        write_encoder(checkpoint, args.out / f"{checkpoint.parent.name}.encoder.pth")
     for path in (results / "summary.md", args.root / CHAIN_FILE):
         if path.exists():
             (args.out / path.name).write_bytes(path.read_bytes())
@@ -325,6 +340,8 @@ def main() -> int:
     p.add_argument("--root", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    # the package from this repository, its missing dependencies from <root>/site, where it is not installed
+    sys.path[:0] = [*([str(args.root / "site")] if "root" in args else []), str(REPO)]
     verb = {"pack": pack, "setup": setup, "start": start, "chain": chain, "wait": wait, "collect": collect}
     return verb[args.verb](args) or 0
 

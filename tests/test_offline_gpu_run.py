@@ -10,8 +10,10 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
+from depthcontrast.evaluate.backbone import backbone_from_checkpoint
 from tests.conftest import CLI_ENV
 from tests.test_train import TINY_RUN
 
@@ -72,6 +74,11 @@ def test_a_packed_run_is_unpacked_run_resumed_and_collected_elsewhere(tmp_path: 
         names = set(tar.getnames())
     assert {"finetune/tiny/indoor_seg/metrics.json", "pretrain/tiny/metrics.csv"} <= names
     assert (tmp_path / "back" / "summary.md").read_text() == (root / "results" / "summary.md").read_text()
+    encoder, whole = tmp_path / "back" / "tiny.encoder.pth", root / "results" / "pretrain" / "tiny" / "last.pth"
+    assert encoder.stat().st_size < whole.stat().st_size / 2
+    original, slim = backbone_from_checkpoint(whole), backbone_from_checkpoint(encoder)
+    assert slim.spec == original.spec and slim.state_dict.keys() == original.state_dict.keys()
+    assert all(torch.equal(slim.state_dict[key], value) for key, value in original.state_dict.items())
 
 
 def test_a_failed_stage_stops_the_chain_and_wait_shows_its_error(tmp_path: Path) -> None:
