@@ -91,7 +91,7 @@ def test_a_run_is_scored_on_its_evaluation_tasks_only_and_they_must_exist(tmp_pa
     config["pretrain"]["gpu_pointnet"]["enabled"] = True
     tasks = evaluated_tasks(config)
     assert tasks["demo_pointnet"] == ["indoor_seg", "lidar_seg"]  # config.yaml keeps the demo off the GPU-only task
-    assert tasks["gpu_pointnet"] == ["indoor_seg", "indoor_seg_rooms", "lidar_seg"]
+    assert tasks["gpu_pointnet"] == ["indoor_seg", "indoor_seg_rooms", "lidar_seg", "lidar_seg_crops"]
     raw = yaml.safe_load(CONFIG.read_text())
     raw["pretrain"]["demo_pointnet"]["evaluation"] = {"tasks": ["indoor_seg", "kicad_cls"]}
     path = tmp_path / "config.yaml"
