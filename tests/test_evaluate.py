@@ -138,6 +138,18 @@ def test_unknown_or_all_test_groups_are_reported(shards: Path):
         split_by_group(samples, sorted(set(samples.groups)), "tile", "evaluate.tasks.t")
 
 
+def test_with_another_datasets_training_samples_every_group_may_test_but_none_may_train_too(shards: Path):
+    kind = task_kind("lidar_segmentation")
+    samples = load_samples(shards / "demo_lidar", kind)
+    cloud, labels = np.zeros((4, 3), np.float32), np.zeros(4, np.int64)
+    other = Samples([cloud], [labels], ["corpus/elsewhere/crop_00000"], ["elsewhere"])
+    split = split_by_group(samples, sorted(set(samples.groups)), "tile", "evaluate.tasks.t", train=other)
+    assert split.train is other and sorted(split.test.sample_ids) == sorted(samples.sample_ids)
+    shared = Samples([cloud], [labels], ["corpus/autzen/crop_00000"], ["autzen"])
+    with pytest.raises(DataError, match=r"overlap.*autzen"):
+        split_by_group(samples, sorted(set(samples.groups)), "tile", "evaluate.tasks.t", train=shared)
+
+
 def test_asprs_codes_merge_into_ground_vegetation_building_other():
     asprs = np.array([2, 3, 4, 5, 6, 17, 65, 9, 1, 0, 7, 18])
     names = [LIDAR_CLASSES[c] if c != IGNORE_LABEL else None for c in merge_lidar_labels(asprs)]

@@ -124,17 +124,18 @@ def run_evaluation(
         raise ConfigError(
             f"evaluate.points ({points}) is below the checkpoint backbone's first SA level ({spec.npoints[0]} centres)"
         )
+    train = None
+    if task.train_dataset is not None:
+        if train_shard_dir is None:
+            raise ConfigError(f"evaluate.tasks.{task_name}: train_dataset {task.train_dataset} needs its shard folder")
+        train = load_samples(Path(train_shard_dir), kind, task.xyz_scale, spec.features)
     split = split_by_group(
         load_samples(shard_dir, kind, task.xyz_scale, spec.features),
         list(task.test_groups),
         kind.group_name,
         source=f"evaluate.tasks.{task_name}",
+        train=train,
     )
-    if task.train_dataset is not None:
-        if train_shard_dir is None:
-            raise ConfigError(f"evaluate.tasks.{task_name}: train_dataset {task.train_dataset} needs its shard folder")
-        split = Split(load_samples(Path(train_shard_dir), kind, task.xyz_scale, spec.features), split.test)
-        split.check_disjoint(kind.group_name)
     test = resample(split.test, points, np.random.default_rng(TEST_SAMPLING_SEED))
     for side, labelled in (("train", split.train.labels), ("test", [test.labels])):
         if not any((labels != IGNORE_LABEL).any() for labels in labelled):

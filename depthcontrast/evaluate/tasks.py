@@ -215,17 +215,21 @@ def _subset(samples: Samples, keep: list[int]) -> Samples:
     )
 
 
-def split_by_group(samples: Samples, test_groups: Sequence[str], group_name: str, source: str) -> Split:
-    """Samples of `test_groups` → test, the rest → train; both must be non-empty and disjoint."""
+def split_by_group(
+    samples: Samples, test_groups: Sequence[str], group_name: str, source: str, train: Samples | None = None
+) -> Split:
+    """Samples of `test_groups` → test, the rest → train; or, given `train` (another dataset's samples), those
+    train and every group of `samples` may test. Both sides must be non-empty and disjoint."""
     known = sorted(set(samples.groups))
     missing = sorted(set(test_groups) - set(known))
     if missing:
         raise DataError(f"{source}: test {group_name}s {missing} not in the data ({group_name}s: {', '.join(known)})")
     test_set = set(test_groups)
     test = [i for i, group in enumerate(samples.groups) if group in test_set]
-    train = [i for i, group in enumerate(samples.groups) if group not in test_set]
-    if not train:
-        raise DataError(f"{source}: every {group_name} is a test {group_name}; nothing is left to train on")
-    split = Split(_subset(samples, train), _subset(samples, test))
+    if train is None:
+        train = _subset(samples, [i for i, group in enumerate(samples.groups) if group not in test_set])
+        if not len(train):
+            raise DataError(f"{source}: every {group_name} is a test {group_name}; nothing is left to train on")
+    split = Split(train, _subset(samples, test))
     split.check_disjoint(group_name)
     return split
