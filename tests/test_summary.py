@@ -112,4 +112,3 @@ def test_the_summary_gives_samples_seen_and_the_time_of_pretraining_and_of_each_
     summary = (tmp_path / "summary.md").read_text()
     assert "| demo | 2 | 2 | 2.000 | 1.000 | 12.0 | 64 | 12.6 min |" in summary
     assert "| +0.100 | pretraining helps | 42 s |" in summary
-
