@@ -64,32 +64,25 @@ def needed(config_file: Path, run: str) -> tuple[list[str], list[str], list[str]
     """The datasets `run` pretrains on, those it pretrains or is evaluated on, and its evaluation tasks."""
     from depthcontrast.architectures import evaluated_tasks
     from depthcontrast.config import load_config
+    from depthcontrast.specs import EvaluateTask
 
     config = load_config(config_file)
     tasks = evaluated_tasks(config).get(run, [])
     pretrained_on = list(config["pretrain"][run]["datasets"])
     datasets = list(pretrained_on)
-    for task in tasks:
-        block = config["evaluate"]["tasks"][task]
-        datasets += [block["dataset"], *([block["train_dataset"]] if block.get("train_dataset") else [])]
+    for name in tasks:
+        task = EvaluateTask.from_block(config["evaluate"]["tasks"][name])
+        datasets += [task.dataset, *([task.train_dataset] if task.train_dataset else [])]
     return pretrained_on, list(dict.fromkeys(datasets)), tasks
-
-
-def _pinned(name: str) -> str:
-    for line in CONSTRAINTS.read_text().splitlines():
-        if line.split("==")[0].strip().lower().replace("_", "-") == name:
-            return line.strip()
-    sys.exit(f"offline_gpu_run: {CONSTRAINTS} pins no {name}")
 
 
 def fetch_wheels(folder: Path, python: str) -> None:
     """The WHEELS for CPython `python` on x86-64 Linux, pinned by envs/constraints.txt; SLIM_WHEELS cut down."""
     folder.mkdir(parents=True, exist_ok=True)
     platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
-    for name in WHEELS:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                        "--python-version", python, "--implementation", "cp", *platforms, "-d", str(folder),
-                        _pinned(name)], check=True)  # fmt: skip
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                    "--python-version", python, "--implementation", "cp", *platforms, "-d", str(folder),
+                    "-c", str(CONSTRAINTS), *WHEELS], check=True)  # fmt: skip
     for name, keep in SLIM_WHEELS.items():
         for wheel in folder.glob(f"{name}-*.whl"):
             with zipfile.ZipFile(wheel) as archive, tarfile.open(wheel.with_suffix(".tar.xz"), "w:xz") as slim:
@@ -198,9 +191,19 @@ def _environment(root: Path) -> dict[str, str]:
 
 
 def _write_status(root: Path, status: dict) -> None:
-    tmp = root / f".{CHAIN_FILE}.tmp"
-    tmp.write_text(json.dumps(status, indent=1))
-    tmp.replace(root / CHAIN_FILE)
+    from depthcontrast.io_utils import atomic_write_json
+
+    atomic_write_json(root / CHAIN_FILE, status)
+
+
+def _last_line(log: Path, tail_bytes: int = 4096) -> str:
+    """The last non-empty line of `log` (from its end only: a pretraining log grows to many MB)."""
+    if not log.exists():
+        return ""
+    with open(log, "rb") as handle:
+        handle.seek(max(0, log.stat().st_size - tail_bytes))
+        lines = handle.read().decode(errors="replace").replace("\r", "\n").split("\n")
+    return next((line.strip() for line in reversed(lines) if line.strip()), "")
 
 
 def chain(args: argparse.Namespace) -> int:
@@ -266,8 +269,7 @@ def wait(args: argparse.Namespace) -> int:
         now = time.strftime("%H:%M:%S")
         if running:
             stage = running[0]
-            lines = Path(stage["log"]).read_text(errors="replace").split("\n") if Path(stage["log"]).exists() else []
-            last = next((line.strip() for line in reversed(lines) if line.strip()), "")[-160:]
+            last = _last_line(Path(stage["log"]))[-160:]
             print(f"[{now}] {stage['name']} for {time.time() - stage['started']:.0f} s ({last}); done: "
                   f"{', '.join(done) or 'none'}", flush=True)  # fmt: skip
         if status["state"] != "running":
